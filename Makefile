@@ -1,0 +1,40 @@
+# Two commands do all the setup on a fresh Linux machine:
+#   make serve   -> virtual environment + the service on its embedded default (no Redis needed)
+#   make test    -> virtual environment + redis-server check + the whole test suite
+VENV ?= .venv
+PYTHON ?= python3
+TORCH_SPEC ?= torch==2.13.0
+PY := $(VENV)/bin/python
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: venv serve test lint check-deploy ci clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install "$(TORCH_SPEC)"
+	$(PY) -m pip install -e ".[dev]"
+	touch $@
+
+serve: venv
+	$(VENV)/bin/facesr serve --host $(HOST) --port $(PORT)
+
+test: venv
+	scripts/ensure-redis.sh
+	@$(VENV)/bin/pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+check-deploy: venv
+	scripts/check-deploy.sh
+
+ci: test lint check-deploy
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,182 @@
+"""The inference engine used by the CLI and the service: checkpoint in, uint8 faces and landmarks out."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from facesr.model.checkpoint import DEFAULT_CHECKPOINT, ModelCard, load_checkpoint
+from facesr.model.config import DICConfig
+from facesr.model.device import dtype_name, resolve_device, resolve_dtype
+from facesr.model.errors import CheckpointError, InputImageError
+from facesr.model.generator import DICGenerator, count_parameters
+from facesr.model.landmarks import decode_heatmaps
+from facesr.model.normalization import images_to_tensor, tensor_to_images
+from facesr.model.preprocess import LR_SIZE, to_lr_face
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FaceResult:
+    """One super-resolved face.
+
+    image: 128 x 128 x 3 uint8 RGB (final step).
+    landmarks: 68 x 2 float32 (x, y) in output pixels, or None for a model without landmark branch.
+    steps: every step's 128 x 128 x 3 uint8 image when asked, else None.
+    resized_from: the input's (width, height) when it was not 16 x 16 and was resized, else None.
+    """
+
+    image: np.ndarray
+    landmarks: np.ndarray | None
+    steps: list[np.ndarray] | None = None
+    resized_from: tuple[int, int] | None = None
+
+
+def _weights_digest(generator: DICGenerator) -> str:
+    digest = hashlib.sha256()
+    for key, tensor in generator.state_dict().items():
+        digest.update(key.encode())
+        digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+class FaceSR:
+    """A DIC generator on a device, ready for batches of faces.
+
+    Half-precision dtypes run the fp32 weights under autocast; when an output is not finite the batch
+    is run again in fp32 (counted in `fp32_fallbacks`).
+    """
+
+    def __init__(
+        self,
+        generator: DICGenerator,
+        card: ModelCard,
+        *,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        weights_sha256: str | None = None,
+    ) -> None:
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        self.generator = generator.to(self.device).eval()
+        for parameter in self.generator.parameters():
+            parameter.requires_grad_(False)
+        self.card = card
+        self.config: DICConfig = generator.config
+        sha = weights_sha256 or _weights_digest(generator)
+        self.model_id = f"{card.name}-{sha[:12]}"
+        self.fp32_fallbacks = 0
+
+    # -- construction ----------------------------------------------------------------------------
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: str | Path | None = None,
+        *,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+    ) -> FaceSR:
+        """Load a facesr checkpoint (None = the bundled default)."""
+        path = Path(path) if path is not None else DEFAULT_CHECKPOINT
+        if path == DEFAULT_CHECKPOINT and not path.is_file():
+            raise CheckpointError(
+                f"the bundled default checkpoint is missing ({path}); pass a checkpoint path"
+            )
+        loaded = load_checkpoint(path)
+        generator = DICGenerator(loaded.config)
+        generator.load_state_dict(loaded.state_dict, strict=True)
+        return cls(generator, loaded.card, device=device, dtype=dtype, weights_sha256=loaded.sha256)
+
+    @classmethod
+    def from_config(
+        cls,
+        config: DICConfig,
+        *,
+        seed: int = 0,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        name: str = "random",
+    ) -> FaceSR:
+        """Random weights (PyTorch default init, seeded): for tests and benchmarks, not for faces."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            generator = DICGenerator(config)
+        card = ModelCard(
+            name=name,
+            description="randomly initialised weights (tests and benchmarks only)",
+            config=config.to_dict(),
+            parameters=count_parameters(generator),
+            provenance=f"torch.manual_seed({seed})",
+        )
+        return cls(generator, card, device=device, dtype=dtype)
+
+    # -- inference -------------------------------------------------------------------------------
+    def enhance(
+        self, images: Sequence[np.ndarray | Image.Image], *, return_steps: bool = False
+    ) -> list[FaceResult]:
+        """Super-resolve faces of any size (non-16x16 inputs are resized with PIL bicubic first)."""
+        if len(images) == 0:
+            return []
+        prepared = [to_lr_face(image) for image in images]
+        batch = np.stack([lr for lr, _ in prepared])
+        results = self.enhance_tensor(batch, return_steps=return_steps)
+        return [
+            FaceResult(r.image, r.landmarks, r.steps, resized_from=size)
+            for r, (_, size) in zip(results, prepared, strict=True)
+        ]
+
+    def enhance_tensor(self, lr: np.ndarray, *, return_steps: bool = False) -> list[FaceResult]:
+        """Super-resolve a batch already at the model's input size.
+
+        Args:
+            lr: N x 16 x 16 x 3 uint8 RGB.
+        """
+        lr = np.asarray(lr)
+        if lr.dtype != np.uint8 or lr.ndim != 4 or lr.shape[1:] != (LR_SIZE, LR_SIZE, 3):
+            raise InputImageError(f"expected N x {LR_SIZE} x {LR_SIZE} x 3 uint8, got {lr.shape} {lr.dtype}")
+        if lr.shape[0] == 0:
+            return []
+        sr_steps, heatmaps = self._forward(images_to_tensor(lr, self.device))
+        final = tensor_to_images(sr_steps[-1])
+        steps = [tensor_to_images(step) for step in sr_steps] if return_steps else None
+        landmarks = decode_heatmaps(heatmaps).cpu().numpy() if heatmaps is not None else None
+        return [
+            FaceResult(
+                image=final[i],
+                landmarks=None if landmarks is None else landmarks[i],
+                steps=None if steps is None else [step[i] for step in steps],
+            )
+            for i in range(lr.shape[0])
+        ]
+
+    @torch.inference_mode()
+    def _forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        """Mean-subtracted B x 3 x 16 x 16 -> (every step's SR, final heatmaps or None)."""
+        if self.dtype != torch.float32:
+            with torch.autocast(device_type=self.device.type, dtype=self.dtype):
+                sr_steps, heatmap_steps = self.generator(x)
+            finite = all(torch.isfinite(t).all() for t in (*sr_steps, *heatmap_steps))
+            if finite:
+                return [t.float() for t in sr_steps], heatmap_steps[-1].float() if heatmap_steps else None
+            self.fp32_fallbacks += 1
+            log.warning("non-finite %s output; re-running the batch in fp32", dtype_name(self.dtype))
+        sr_steps, heatmap_steps = self.generator(x)
+        return list(sr_steps), heatmap_steps[-1] if heatmap_steps else None
+
+    def describe(self) -> dict[str, object]:
+        """A short JSON-able description (model id, device, dtype, parameters)."""
+        return {
+            "model_id": self.model_id,
+            "name": self.card.name,
+            "device": str(self.device),
+            "dtype": dtype_name(self.dtype),
+            "parameters": count_parameters(self.generator),
+        }

@@ -1,0 +1,9 @@
+"""`facesr` subcommands for the train area."""
+
+from __future__ import annotations
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add this area's subcommands to the main app."""
