@@ -29,7 +29,8 @@ def images_to_tensor(
     Returns:
         N x 3 x H x W float32, RGB in [0, 1] minus `RGB_MEAN` (values in about [-0.51, 0.63]).
     """
-    tensor = torch.from_numpy(np.ascontiguousarray(images)) if isinstance(images, np.ndarray) else images
+    # A copy: inputs are often read-only views (np.asarray of a PIL image), which torch cannot wrap.
+    tensor = torch.from_numpy(np.array(images, copy=True)) if isinstance(images, np.ndarray) else images
     if tensor.dtype != torch.uint8 or tensor.ndim != 4 or tensor.shape[-1] != 3:
         raise ValueError(f"expected N x H x W x 3 uint8 images, got {tuple(tensor.shape)} {tensor.dtype}")
     if device is not None:

@@ -134,3 +134,11 @@ def test_model_id_is_stable_and_names_the_weights() -> None:
     other = FaceSR.from_config(DICConfig.tiny(), seed=2, device="cpu")
     assert first.model_id == again.model_id != other.model_id
     assert first.model_id.startswith("random-")
+
+
+def test_read_only_arrays_are_accepted() -> None:
+    from facesr.model.normalization import images_to_tensor, tensor_to_images
+
+    frozen = np.arange(16 * 16 * 3, dtype=np.uint8).reshape(1, 16, 16, 3)
+    frozen.setflags(write=False)
+    np.testing.assert_array_equal(tensor_to_images(images_to_tensor(frozen)), frozen)
