@@ -1,0 +1,235 @@
+"""From uploaded files to finished faces: decode, queue, wait (deadline and disconnect), encode.
+
+The routes only negotiate and render; everything between the upload and the encoded result lives
+here, shared by the single and the batch endpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import secrets
+import time
+from dataclasses import dataclass
+
+from fastapi import Request, UploadFile
+from starlette.concurrency import run_in_threadpool
+
+from facesr.service.api.deps import Deadline
+from facesr.service.api.state import ServiceState
+from facesr.service.api.timing import PhaseTimings
+from facesr.service.errors import (
+    ClientClosedRequestError,
+    DeadlineExceededError,
+    InferenceFailedError,
+    ModelOutOfMemoryError,
+    PayloadTooLargeError,
+    ServiceError,
+    UndecodableImageError,
+)
+from facesr.service.images import (
+    OUTPUT_MEDIA_TYPES,
+    DecodedUpload,
+    OutputFormat,
+    check_part_type,
+    decode_upload,
+    encode_image,
+    rgb_from_bytes,
+)
+from facesr.service.queue.base import BackendUnavailable, QueueBackend, QueueFull
+from facesr.service.queue.jobs import HR_SIZE, Job, JobOptions, JobResult
+
+logger = logging.getLogger("facesr.service")
+
+
+@dataclass(frozen=True)
+class EncodedFace:
+    """A finished face: encoded image bytes (and steps), landmarks, and where it came from."""
+
+    image: bytes
+    media_type: str
+    steps: list[bytes] | None
+    landmarks: list[list[float]] | None
+    upload: DecodedUpload
+    result: JobResult
+
+    @property
+    def image_base64(self) -> str:
+        return base64.b64encode(self.image).decode("ascii")
+
+    @property
+    def steps_base64(self) -> list[str] | None:
+        return None if self.steps is None else [base64.b64encode(step).decode("ascii") for step in self.steps]
+
+
+async def read_upload(upload: UploadFile, service: ServiceState, timings: PhaseTimings) -> DecodedUpload:
+    """Validate one file part and turn it into the 16 x 16 model input.
+
+    Decoding runs in a thread, at most `service.decode_slots` at a time: a large photo decodes to
+    tens of megabytes, and an unbounded number of them at once would be a memory problem.
+
+    Raises UnsupportedMediaTypeError, UndecodableImageError, PayloadTooLargeError or ImageTooLargeError.
+    """
+    settings = service.settings
+    check_part_type(upload.content_type)
+    if upload.size is not None and upload.size > settings.max_upload_bytes:
+        raise PayloadTooLargeError(
+            f"the uploaded file has {upload.size} bytes; the limit is {settings.max_upload_bytes}"
+        )
+    data = await upload.read(settings.max_upload_bytes + 1)
+    async with service.decode_slots:
+        with timings.measure("decode"):
+            return await run_in_threadpool(
+                decode_upload, data, max_bytes=settings.max_upload_bytes, max_pixels=settings.max_pixels
+            )
+
+
+def make_job(
+    request_id: str, model: str, upload: DecodedUpload, options: JobOptions, deadline: Deadline
+) -> Job:
+    """A queue job; its id extends the request id with a random suffix, so clients reusing an
+    `X-Request-ID` concurrently cannot collide inside the queue, while logs stay greppable."""
+    return Job(
+        request_id=f"{request_id}~{secrets.token_hex(4)}",
+        model=model,
+        lr_rgb=upload.lr_rgb.tobytes(),
+        options=options,
+        enqueued_at=time.time(),
+        deadline=deadline.at,
+    )
+
+
+def error_for_result(result: JobResult) -> ServiceError:
+    """The domain error for a job the worker answered with `ok == False`."""
+    message = result.error_message or "no detail"
+    if result.error_kind == "expired":
+        return DeadlineExceededError(f"the deadline passed before the job was computed ({message})")
+    if result.error_kind == "cancelled":
+        return ClientClosedRequestError("the job was cancelled")
+    if result.error_kind == "bad_input":
+        return UndecodableImageError(f"the model could not use this image: {message}")
+    if result.error_kind == "oom":
+        return ModelOutOfMemoryError(f"the model server ran out of memory: {message}")
+    logger.warning("job %s failed in the worker: %s: %s", result.request_id, result.error_kind, message)
+    return InferenceFailedError(f"the job failed in the worker ({result.error_kind}); quote the request id")
+
+
+async def _wait_for_disconnect(request: Request) -> None:
+    """Return when the client goes away (the body has already been read, so only
+    `http.disconnect` can arrive)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def run_jobs(
+    backend: QueueBackend, request: Request, jobs: list[Job], deadline: Deadline
+) -> list[JobResult | Exception]:
+    """Submit `jobs` and wait for all of them, bounded by the deadline and the client's patience.
+
+    Returns one entry per job, in order: its `JobResult`, or the exception that stands for it
+    (QueueFull / BackendUnavailable at admission, DeadlineExceededError when no reply came in time).
+    Jobs still running when this returns or raises are cancelled, so workers skip them.
+
+    Raises:
+        ClientClosedRequestError: the client disconnected while waiting.
+    """
+    outcomes: list[JobResult | Exception | None] = [None] * len(jobs)
+    futures: dict[int, asyncio.Future[JobResult]] = {}
+    try:
+        for index, job in enumerate(jobs):
+            try:
+                futures[index] = await backend.submit(job)
+            except (QueueFull, BackendUnavailable) as error:
+                outcomes[index] = error
+        if futures:
+            await _wait_all(list(futures.values()), request, deadline)
+        for index, future in futures.items():
+            outcomes[index] = _outcome_of(future)
+    finally:
+        await _abandon(backend, jobs, futures)
+    finished = [outcome for outcome in outcomes if outcome is not None]
+    assert len(finished) == len(jobs), "every job has an outcome"
+    return finished
+
+
+async def _wait_all(futures: list[asyncio.Future[JobResult]], request: Request, deadline: Deadline) -> None:
+    disconnect = asyncio.ensure_future(_wait_for_disconnect(request))
+    try:
+        pending = set(futures)
+        while pending:
+            remaining = deadline.remaining_s()
+            if remaining <= 0:
+                return
+            done, pending = await asyncio.wait(
+                pending | {disconnect}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+            )
+            if disconnect in done:
+                raise ClientClosedRequestError("the client disconnected before the result was ready")
+            pending.discard(disconnect)
+    finally:
+        disconnect.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await disconnect
+
+
+def _outcome_of(future: asyncio.Future[JobResult]) -> JobResult | Exception:
+    if not future.done() or future.cancelled():
+        return DeadlineExceededError("no result before the request's deadline")
+    error = future.exception()
+    if error is not None:
+        return error if isinstance(error, Exception) else BackendUnavailable(str(error))
+    return future.result()
+
+
+async def _abandon(
+    backend: QueueBackend, jobs: list[Job], futures: dict[int, asyncio.Future[JobResult]]
+) -> None:
+    """Cancel every job whose future is still open (deadline, disconnect or an error on our side)."""
+    for index, future in futures.items():
+        if future.done():
+            continue
+        try:
+            await backend.cancel(jobs[index].request_id)
+        except (BackendUnavailable, OSError) as error:
+            logger.warning("could not cancel job %s: %s", jobs[index].request_id, error)
+        finally:
+            if not future.done():
+                future.cancel()
+
+
+def _encode_face(
+    result: JobResult, upload: DecodedUpload, output_format: OutputFormat, quality: int
+) -> EncodedFace:
+    if result.sr_rgb is None:
+        raise InferenceFailedError("the worker answered without an image")
+    image = encode_image(rgb_from_bytes(result.sr_rgb, HR_SIZE), output_format, quality=quality)
+    steps = None
+    if result.step_rgb is not None:
+        steps = [
+            encode_image(rgb_from_bytes(raw, HR_SIZE), output_format, quality=quality)
+            for raw in result.step_rgb
+        ]
+    return EncodedFace(
+        image=image,
+        media_type=OUTPUT_MEDIA_TYPES[output_format],
+        steps=steps,
+        landmarks=result.landmarks,
+        upload=upload,
+        result=result,
+    )
+
+
+async def encode_face(
+    result: JobResult,
+    upload: DecodedUpload,
+    output_format: OutputFormat,
+    quality: int,
+    timings: PhaseTimings,
+) -> EncodedFace:
+    """Encode a successful result (in a thread: WebP and multi-step PNGs take milliseconds)."""
+    with timings.measure("encode"):
+        return await run_in_threadpool(_encode_face, result, upload, output_format, quality)

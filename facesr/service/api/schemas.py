@@ -1,0 +1,112 @@
+"""Response bodies of the API (they also make the OpenAPI document at /docs)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+
+class InputInfo(BaseModel):
+    """What the upload was, as read from its header."""
+
+    format: str = Field(description="PNG, JPEG, WEBP or BMP.")
+    width: int
+    height: int
+
+
+class SuperResolved(BaseModel):
+    """One super-resolved face (the JSON representation of POST /v1/super-resolve)."""
+
+    request_id: str
+    model: str = Field(description="Model name the request was served by.")
+    model_id: str = Field(description="Model name plus a short hash of its weights.")
+    media_type: str = Field(description="Media type of `image` once base64-decoded.")
+    width: int = 128
+    height: int = 128
+    image: str = Field(description="The 128 x 128 RGB result, base64-encoded in `media_type`.")
+    landmarks: list[tuple[float, float]] | None = Field(
+        None, description="68 iBUG points (x, y) in output pixels, 0 <= x, y < 128; null when not asked."
+    )
+    steps: list[str] | None = Field(
+        None,
+        description="Each feedback step's image (base64, same encoding), the last is `image`; "
+        "null when not asked.",
+    )
+    resized_from: tuple[int, int] | None = Field(
+        None, description="(width, height) of the upload when it was resized to 16 x 16 with PIL bicubic."
+    )
+    input: InputInfo
+    batch_size: int | None = Field(None, description="Size of the model batch this face was computed in.")
+    timings_ms: dict[str, float] = Field(description="Phases: decode, queue, compute, encode (milliseconds).")
+
+
+class ItemProblem(BaseModel):
+    """RFC 9457 problem details of one batch item."""
+
+    type: str = Field(description="urn:facesr:problem:<slug>, see docs/service.md.")
+    title: str
+    status: int
+    detail: str
+
+
+class ProblemDocument(ItemProblem):
+    """RFC 9457 problem details (media type application/problem+json)."""
+
+    instance: str | None = None
+    request_id: str | None = None
+
+
+class BatchItem(BaseModel):
+    """One entry of a batch response: either `result` or `error` is set."""
+
+    index: int = Field(description="Position of the image in the request.")
+    filename: str | None = None
+    ok: bool
+    result: SuperResolved | None = None
+    error: ItemProblem | None = None
+
+
+class BatchResponse(BaseModel):
+    request_id: str
+    succeeded: int
+    failed: int
+    items: list[BatchItem]
+
+
+class ServedModel(BaseModel):
+    name: str
+    model_id: str | None
+    default: bool = Field(description="True for the model used when a request names none.")
+    card: dict[str, Any] = Field(
+        description="The model card: config, parameters, training data, metrics, licence."
+    )
+
+
+class ModelList(BaseModel):
+    models: list[ServedModel]
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class Readiness(BaseModel):
+    ready: bool
+    mode: Literal["embedded", "redis"]
+    ready_workers: int
+    models: list[str]
+    queue_depth: int
+    detail: str
+
+
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` entries documenting problem+json answers for the given statuses."""
+    schema = ProblemDocument.model_json_schema()
+    return {
+        status: {
+            "description": "A problem (RFC 9457)",
+            "content": {"application/problem+json": {"schema": schema}},
+        }
+        for status in statuses
+    }

@@ -1,0 +1,178 @@
+"""Uploads in, images out: validation and decoding of untrusted files, and encoding of results.
+
+Order of checks for an upload (each failure is a `ServiceError` with its own status):
+1. declared part type: anything but `image/*` or a generic binary type is refused (415);
+2. bytes: empty (400) or more than the limit (413) — the body itself is capped while it is read;
+3. header only (`Image.open` reads no pixel data): the format must be PNG, JPEG, WebP or BMP (415,
+   or 400 when it is no image at all) and width x height within the pixel limit (413), so a tiny file
+   announcing 100000 x 100000 pixels is refused before a single pixel is decoded;
+4. full decode of the first frame (truncated or corrupt data -> 400), EXIF orientation applied,
+   then the model's own preprocessing (`to_lr_face`: PIL bicubic to 16 x 16, alpha on black).
+
+Pixel conventions: results are 128 x 128 x 3 uint8 RGB arrays, row-major HWC.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+from typing import Final, Literal
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from facesr.model.preprocess import to_lr_face
+from facesr.service.errors import (
+    ImageTooLargeError,
+    PayloadTooLargeError,
+    UndecodableImageError,
+    UnsupportedMediaTypeError,
+)
+
+OutputFormat = Literal["png", "jpeg", "webp"]
+
+# PIL format names we decode; everything else is refused before any decoding happens.
+ACCEPTED_FORMATS: Final = ("PNG", "JPEG", "WEBP", "BMP")
+# Part types a client may declare for an image; curl and browsers send octet-stream for unknown files.
+_GENERIC_PART_TYPES: Final = frozenset({"", "application/octet-stream", "binary/octet-stream"})
+OUTPUT_MEDIA_TYPES: Final[dict[str, str]] = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    """What the file says about itself before any pixel is decoded."""
+
+    format: str
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class DecodedUpload:
+    """A validated upload turned into the model input.
+
+    `lr_rgb` is the 16 x 16 x 3 uint8 RGB face; `resized_from` the original (width, height) when the
+    upload was not already 16 x 16 (after EXIF orientation), else None.
+    """
+
+    header: ImageHeader
+    lr_rgb: np.ndarray
+    resized_from: tuple[int, int] | None
+
+
+def check_part_type(content_type: str | None) -> None:
+    """Refuse a multipart part whose declared type is neither an image nor generic binary (415)."""
+    declared = (content_type or "").split(";", 1)[0].strip().lower()
+    if declared in _GENERIC_PART_TYPES or declared.startswith("image/"):
+        return
+    raise UnsupportedMediaTypeError(
+        f"the image part is declared as {declared!r}; send image/png, image/jpeg, image/webp or image/bmp"
+    )
+
+
+def check_size(data: bytes, max_bytes: int) -> None:
+    """Refuse empty (400) and oversized (413) uploads."""
+    if not data:
+        raise UndecodableImageError("the uploaded file is empty")
+    if len(data) > max_bytes:
+        raise PayloadTooLargeError(f"the uploaded file has {len(data)} bytes; the limit is {max_bytes}")
+
+
+def _open_header(data: bytes, formats: tuple[str, ...] | None) -> Image.Image:
+    # Image.open parses the header only. Its own decompression-bomb warning is irrelevant here
+    # because the caller checks the pixel count against a stricter limit right away.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return Image.open(io.BytesIO(data), formats=formats)
+
+
+def read_header(data: bytes, max_pixels: int) -> ImageHeader:
+    """Identify the format and dimensions from the header, without decoding pixels.
+
+    Raises:
+        UnsupportedMediaTypeError: an image, but not PNG/JPEG/WebP/BMP.
+        UndecodableImageError: not recognisable as an image.
+        ImageTooLargeError: width x height above `max_pixels` (or above PIL's own bomb limit).
+    """
+    try:
+        image = _open_header(data, ACCEPTED_FORMATS)
+    except Image.DecompressionBombError as error:
+        raise ImageTooLargeError(
+            f"the image header announces far more pixels than the limit of {max_pixels} ({error})"
+        ) from error
+    except UnidentifiedImageError:
+        raise _unidentified(data) from None
+    except Exception as error:
+        raise UndecodableImageError(f"the image header is corrupt: {_describe(error)}") from error
+    with image:
+        width, height = image.size
+        header = ImageHeader(format=str(image.format), width=width, height=height)
+    if width < 1 or height < 1:
+        raise UndecodableImageError(f"the image has no pixels ({width}x{height})")
+    if width * height > max_pixels:
+        raise ImageTooLargeError(
+            f"the image is {width}x{height} = {width * height} pixels; the limit is {max_pixels} "
+            "(faces only need 16x16)"
+        )
+    return header
+
+
+def _unidentified(data: bytes) -> UnsupportedMediaTypeError | UndecodableImageError:
+    """Tell 'an image in a format we refuse' (415) from 'not an image' (400), still header-only."""
+    try:
+        with _open_header(data, None) as image:
+            found = image.format
+    except Exception:
+        found = None
+    if found:
+        return UnsupportedMediaTypeError(f"{found} images are not accepted; send PNG, JPEG, WebP or BMP")
+    return UndecodableImageError("the upload is not a PNG, JPEG, WebP or BMP image")
+
+
+def _describe(error: BaseException) -> str:
+    message = str(error).strip()
+    return f"{type(error).__name__}: {message}" if message else type(error).__name__
+
+
+def decode_upload(data: bytes, *, max_bytes: int, max_pixels: int) -> DecodedUpload:
+    """Validate and decode one uploaded file into the 16 x 16 model input (CPU-bound: run in a thread).
+
+    Animated files use their first frame. EXIF orientation is applied, so a phone photo's face is
+    upright; alpha is composited on black by `to_lr_face`.
+    """
+    check_size(data, max_bytes)
+    header = read_header(data, max_pixels)
+    try:
+        with _open_header(data, ACCEPTED_FORMATS) as image:
+            image.load()
+            upright = ImageOps.exif_transpose(image)
+            lr_rgb, resized_from = to_lr_face(upright)
+    except (ImageTooLargeError, UndecodableImageError):
+        raise
+    except Exception as error:
+        raise UndecodableImageError(f"the image data is truncated or corrupt: {_describe(error)}") from error
+    return DecodedUpload(header=header, lr_rgb=lr_rgb, resized_from=resized_from)
+
+
+def rgb_from_bytes(raw: bytes, size: int) -> np.ndarray:
+    """Raw row-major uint8 RGB bytes -> a `size x size x 3` array (a view, no copy)."""
+    expected = size * size * 3
+    if len(raw) != expected:
+        raise ValueError(f"expected {expected} bytes for a {size}x{size} RGB image, got {len(raw)}")
+    return np.frombuffer(raw, dtype=np.uint8).reshape(size, size, 3)
+
+
+def encode_image(rgb: np.ndarray, output_format: OutputFormat, *, quality: int = 95) -> bytes:
+    """Encode an `H x W x 3` uint8 RGB array as PNG (lossless), JPEG or WebP (lossy, `quality` 1-100)."""
+    image = Image.fromarray(np.ascontiguousarray(rgb))
+    buffer = io.BytesIO()
+    if output_format == "png":
+        image.save(buffer, format="PNG", compress_level=3)
+    elif output_format == "jpeg":
+        image.save(buffer, format="JPEG", quality=quality)
+    elif output_format == "webp":
+        image.save(buffer, format="WEBP", quality=quality, method=4)
+    else:
+        raise ValueError(f"unknown output format {output_format!r}")
+    return buffer.getvalue()

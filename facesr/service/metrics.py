@@ -1,0 +1,198 @@
+"""Every Prometheus metric of the service (API and worker), and how to expose them.
+
+Conventions: names as in the serving design (section 4), base units (seconds, bytes), counters end in
+``_total``. Histogram buckets: latencies from 1 ms to 60 s; batch sizes 1, 2, 4, ... 256.
+
+Several processes (uvicorn ``--workers N``): set ``PROMETHEUS_MULTIPROC_DIR`` to an empty, writable folder
+BEFORE the processes start (prometheus_client picks its storage when it is first imported). Each process then
+writes its values to memory-mapped files there and :func:`render_latest` aggregates all of them, so one
+scrape of any process sees the whole service. Gauges say how to aggregate (``multiprocess_mode``): in-flight
+requests are summed over live processes, the queue depth (the same number seen by every process) takes the
+maximum. Call :func:`mark_process_dead` from the process manager when a process exits.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+log = logging.getLogger(__name__)
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+BATCH_SIZE_BUCKETS = tuple(float(2**i) for i in range(9))  # 1, 2, 4, ..., 256
+
+# -- API ---------------------------------------------------------------------------------------------
+HTTP_REQUESTS = Counter(
+    "facesr_http_requests_total",
+    "HTTP requests answered, by route template and status code.",
+    ["route", "code"],
+)
+REQUEST_DURATION = Histogram(
+    "facesr_request_duration_seconds",
+    "Time from request received to response ready, by route template.",
+    ["route"],
+    buckets=LATENCY_BUCKETS,
+)
+REJECTED = Counter(
+    "facesr_rejected_total",
+    "Requests refused before queueing (e.g. queue_full, unauthorized, too_large, bad_input).",
+    ["reason"],
+)
+REQUEST_FAILURES = Counter(
+    "facesr_request_failures_total",
+    "Admitted requests that did not get an image (deadline, cancelled, backend, oom, bad_input, internal).",
+    ["reason"],
+)
+INFLIGHT_REQUESTS = Gauge(
+    "facesr_inflight_requests", "Requests being handled right now.", multiprocess_mode="livesum"
+)
+QUEUE_DEPTH = Gauge(
+    "facesr_queue_depth",
+    "Jobs admitted and not yet answered (waiting plus being computed), as last seen by the API.",
+    multiprocess_mode="livemax",
+)
+LATE_REPLIES = Counter(
+    "facesr_late_replies_total",
+    "Replies that arrived for a request nobody waits for any more (deadline passed or client gone).",
+)
+
+# -- worker ------------------------------------------------------------------------------------------
+QUEUE_WAIT = Histogram(
+    "facesr_queue_wait_seconds",
+    "Time a job spent queued: from admission to the start of its batch's computation.",
+    buckets=LATENCY_BUCKETS,
+)
+BATCH_SIZE = Histogram("facesr_batch_size", "Jobs per batch sent to the model.", buckets=BATCH_SIZE_BUCKETS)
+BATCHES = Counter("facesr_batches_total", "Batches sent to the model.")
+INFERENCES = Counter(
+    "facesr_inferences_total", "Faces sent to the model (mean batch size = inferences / batches)."
+)
+COMPUTE_SECONDS = Histogram(
+    "facesr_compute_seconds",
+    "Worker time per batch by phase: prepare (bytes to array), model (forward incl. retries), "
+    "package (arrays to reply bytes), reply (send and acknowledge).",
+    ["phase"],
+    buckets=LATENCY_BUCKETS,
+)
+REDELIVERED = Counter(
+    "facesr_redelivered_total", "Jobs taken over from a worker that stopped answering (XAUTOCLAIM)."
+)
+DEAD_LETTERED = Counter(
+    "facesr_dead_lettered_total", "Jobs moved to the dead-letter stream after too many deliveries."
+)
+EXPIRED = Counter("facesr_expired_total", "Jobs skipped by a worker because their deadline had passed.")
+CANCELLED = Counter("facesr_cancelled_total", "Jobs skipped by a worker because their caller went away.")
+ITEM_ERRORS = Counter(
+    "facesr_item_errors_total",
+    "Jobs answered with an error by a worker (bad_input, oom, internal).",
+    ["kind"],
+)
+OOM_SPLITS = Counter("facesr_oom_splits_total", "Batches split in halves after running out of GPU memory.")
+GPU_MEMORY = Gauge(
+    "facesr_gpu_memory_bytes",
+    "CUDA memory of the worker process: allocated, reserved, peak_allocated.",
+    ["kind"],
+    multiprocess_mode="liveall",
+)
+WORKER_READY = Gauge(
+    "facesr_worker_ready",
+    "1 while the worker loop is warmed up and serving, else 0 (summed over live processes).",
+    multiprocess_mode="livesum",
+)
+MODEL_INFO = Gauge(
+    "facesr_model_info",
+    "Always 1; labels describe a model a worker serves.",
+    ["model", "model_id", "dtype", "device"],
+    multiprocess_mode="livemax",
+)
+
+
+def multiprocess_dir() -> str | None:
+    """The multiprocess folder when multiprocess mode is on, else None."""
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+def render_latest() -> tuple[bytes, str]:
+    """(body, content type) for a ``/metrics`` response; aggregates all processes in multiprocess mode."""
+    path = multiprocess_dir()
+    if path is None:
+        return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=path)
+    return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+def mark_process_dead(pid: int) -> None:
+    """Drop a finished process's live gauges (no-op outside multiprocess mode)."""
+    path = multiprocess_dir()
+    if path is not None:
+        multiprocess.mark_process_dead(pid, path)
+
+
+def observe_gpu_memory(device: object) -> None:
+    """Refresh ``facesr_gpu_memory_bytes`` for a CUDA device; nothing for other devices."""
+    import torch  # local: the API process never needs torch for its metrics
+
+    if not isinstance(device, torch.device) or device.type != "cuda":
+        return
+    GPU_MEMORY.labels(kind="allocated").set(torch.cuda.memory_allocated(device))
+    GPU_MEMORY.labels(kind="reserved").set(torch.cuda.memory_reserved(device))
+    GPU_MEMORY.labels(kind="peak_allocated").set(torch.cuda.max_memory_allocated(device))
+
+
+class _MetricsHandler(BaseHTTPRequestHandler):
+    ready: Callable[[], bool] = staticmethod(lambda: True)
+
+    def do_GET(self) -> None:
+        path = self.path.split("?", 1)[0]
+        if path == "/metrics":
+            body, content_type = render_latest()
+            self._send(200, body, content_type)
+        elif path == "/healthz":
+            self._send(200, b"ok\n", "text/plain; charset=utf-8")
+        elif path == "/readyz":
+            ok = self.ready()
+            self._send(200 if ok else 503, b"ready\n" if ok else b"not ready\n", "text/plain; charset=utf-8")
+        else:
+            self._send(404, b"not found\n", "text/plain; charset=utf-8")
+
+    def _send(self, code: int, body: bytes, content_type: str) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        log.debug("metrics endpoint: " + format, *args)
+
+
+def start_metrics_server(
+    port: int,
+    host: str = "0.0.0.0",  # noqa: S104 - a scrape target, usually inside a container network
+    *,
+    ready: Callable[[], bool] | None = None,
+) -> ThreadingHTTPServer:
+    """Serve ``/metrics``, ``/healthz`` and ``/readyz`` on a daemon thread (the worker's scrape target).
+
+    ``ready`` answers ``/readyz`` (e.g. ``worker.is_ready``). Stop with ``server.shutdown()``.
+    """
+    handler = type("MetricsHandler", (_MetricsHandler,), {"ready": staticmethod(ready or (lambda: True))})
+    server = ThreadingHTTPServer((host, port), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="facesr-metrics-http", daemon=True).start()
+    return server

@@ -1,0 +1,159 @@
+"""Wire formats for jobs and replies: JSON metadata plus raw bytes, never pickle.
+
+A job becomes the field map of one stream entry::
+
+    rid    request id (UTF-8)
+    model  model name
+    reply  id of the API process whose reply list gets the answer
+    meta   JSON {"v": 1, "opts": {...}, "enq": float, "dl": float | null}
+    lr     the raw 16x16x3 uint8 input
+
+A reply is one binary frame pushed on a list::
+
+    4-byte big-endian header length | JSON header | blob 0 | blob 1 | ...
+
+where the header lists the blob lengths (the final image first, then one per step).
+Decoders raise :class:`CodecError` with a message on anything malformed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from collections.abc import Mapping
+from typing import Any, Final
+
+from facesr.service.queue.jobs import Job, JobOptions, JobResult
+
+VERSION: Final = 1
+_HEADER_LEN = struct.Struct(">I")
+MAX_HEADER_BYTES: Final = 1 << 20
+
+
+class CodecError(ValueError):
+    """A stream entry or reply frame that cannot be decoded."""
+
+
+def encode_job(job: Job, reply_to: str) -> dict[str, bytes]:
+    """Field map for XADD (values as bytes)."""
+    meta = {
+        "v": VERSION,
+        "opts": {"return_steps": job.options.return_steps, "landmarks": job.options.landmarks},
+        "enq": job.enqueued_at,
+        "dl": job.deadline if math.isfinite(job.deadline) else None,
+    }
+    return {
+        "rid": job.request_id.encode(),
+        "model": job.model.encode(),
+        "reply": reply_to.encode(),
+        "meta": json.dumps(meta, separators=(",", ":")).encode(),
+        "lr": bytes(job.lr_rgb),
+    }
+
+
+def _field(fields: Mapping[Any, Any], name: str) -> bytes:
+    value = fields.get(name.encode(), fields.get(name))
+    if value is None:
+        raise CodecError(f"job entry has no {name!r} field")
+    return value if isinstance(value, bytes) else str(value).encode()
+
+
+def peek_routing(fields: Mapping[Any, Any]) -> tuple[str | None, str | None]:
+    """(request id, reply-to) of an entry, as far as they can be read, for error replies to bad entries."""
+    out: list[str | None] = []
+    for name in ("rid", "reply"):
+        try:
+            out.append(_field(fields, name).decode())
+        except (CodecError, UnicodeDecodeError):
+            out.append(None)
+    return out[0], out[1]
+
+
+def decode_job(fields: Mapping[Any, Any]) -> tuple[Job, str]:
+    """(job, reply_to) from a stream entry's field map; the input's byte length is checked by the worker."""
+    try:
+        rid = _field(fields, "rid").decode()
+        model = _field(fields, "model").decode()
+        reply_to = _field(fields, "reply").decode()
+        meta = json.loads(_field(fields, "meta"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CodecError(f"job entry is not valid UTF-8/JSON: {exc}") from exc
+    if not isinstance(meta, dict) or meta.get("v") != VERSION:
+        raise CodecError(f"job entry has an unsupported metadata version: {meta!r:.80}")
+    opts = meta.get("opts") or {}
+    try:
+        options = JobOptions(return_steps=bool(opts["return_steps"]), landmarks=bool(opts["landmarks"]))
+        deadline = math.inf if meta["dl"] is None else float(meta["dl"])
+        job = Job(
+            request_id=rid,
+            model=model,
+            lr_rgb=_field(fields, "lr"),
+            options=options,
+            enqueued_at=float(meta["enq"]),
+            deadline=deadline,
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CodecError(f"job entry metadata is incomplete: {exc!r}") from exc
+    return job, reply_to
+
+
+def encode_result(result: JobResult) -> bytes:
+    """One reply frame (see the module docstring)."""
+    blobs = []
+    if result.sr_rgb is not None:
+        blobs.append(result.sr_rgb)
+    blobs.extend(result.step_rgb or [])
+    header = {
+        "v": VERSION,
+        "rid": result.request_id,
+        "ok": result.ok,
+        "has_sr": result.sr_rgb is not None,
+        "steps": None if result.step_rgb is None else len(result.step_rgb),
+        "blobs": [len(b) for b in blobs],
+        "landmarks": result.landmarks,
+        "model_id": result.model_id,
+        "worker_id": result.worker_id,
+        "timings": result.timings,
+        "error_kind": result.error_kind,
+        "error_message": result.error_message,
+    }
+    head = json.dumps(header, separators=(",", ":")).encode()
+    return b"".join([_HEADER_LEN.pack(len(head)), head, *blobs])
+
+
+def decode_result(frame: bytes) -> JobResult:
+    """Inverse of :func:`encode_result`; checks that the blob lengths add up."""
+    if len(frame) < _HEADER_LEN.size:
+        raise CodecError("reply frame is shorter than its length prefix")
+    (head_len,) = _HEADER_LEN.unpack_from(frame)
+    if head_len > MAX_HEADER_BYTES or _HEADER_LEN.size + head_len > len(frame):
+        raise CodecError(f"reply frame header length {head_len} does not fit the frame")
+    try:
+        header = json.loads(frame[_HEADER_LEN.size : _HEADER_LEN.size + head_len])
+        sizes = [int(n) for n in header["blobs"]]
+        offset = _HEADER_LEN.size + head_len
+        if offset + sum(sizes) != len(frame) or any(n < 0 for n in sizes):
+            raise CodecError("reply frame blob lengths do not add up")
+        blobs = []
+        for n in sizes:
+            blobs.append(frame[offset : offset + n])
+            offset += n
+        sr = blobs.pop(0) if header["has_sr"] else None
+        steps = None if header["steps"] is None else blobs[: int(header["steps"])]
+        return JobResult(
+            request_id=str(header["rid"]),
+            ok=bool(header["ok"]),
+            sr_rgb=sr,
+            step_rgb=steps,
+            landmarks=header["landmarks"],
+            model_id=header["model_id"],
+            worker_id=header["worker_id"],
+            timings={str(k): float(v) for k, v in (header["timings"] or {}).items()},
+            error_kind=header["error_kind"],
+            error_message=header["error_message"],
+        )
+    except CodecError:
+        raise
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError, IndexError) as exc:
+        raise CodecError(f"malformed reply frame: {exc!r}") from exc

@@ -1,0 +1,294 @@
+"""The API's side of the Redis queue: atomic admission, one reply dispatcher per process, status.
+
+Per API process: one command connection pool, plus one dedicated connection that blocks on this process's
+reply list (``BLPOP`` for at most 1 s, then ``LPOP`` with a count to drain bursts) and resolves waiting
+futures by request id. That single dispatcher replaces one blocked connection per request.
+
+Admission is one Lua script: it compares the stream's length (jobs waiting plus in progress, because workers
+delete what they acknowledge) with ``max_queue`` and only then adds the job, so concurrent API processes
+cannot overshoot the bound. A full queue raises :class:`QueueFull` with a retry-after estimated from the
+workers' advertised throughput.
+
+When Redis goes away, ``submit`` fails fast with :class:`BackendUnavailable` (no retries beyond one quick
+attempt) and futures still waiting are failed with it too, since their replies may be lost; the dispatcher
+reconnects with backoff and the next ``submit`` after Redis is back simply works.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import secrets
+import time
+from typing import Any
+
+import redis
+import redis.asyncio as aredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+
+from facesr.service import metrics
+from facesr.service.queue.backoff import Backoff
+from facesr.service.queue.base import BackendStatus, BackendUnavailable, QueueFull
+from facesr.service.queue.codec import CodecError, decode_result, encode_job
+from facesr.service.queue.jobs import Job, JobResult
+from facesr.service.queue.keys import GROUP, Keys, check_name
+from facesr.service.queue.pending import EXPIRED_BEFORE_QUEUEING, PendingReplies, resolved_future
+from facesr.service.queue.redis_source import RedisJobSource
+
+log = logging.getLogger(__name__)
+
+__all__ = ["RedisJobSource", "RedisQueue"]
+
+# KEYS[1] = job stream; ARGV[1] = max depth, ARGV[2] = consumer group, ARGV[3..] = field, value, ...
+# Returns {1, entry id} when admitted, {0, depth} when full.
+_ADMIT = """
+local depth = redis.call('XLEN', KEYS[1])
+if depth >= tonumber(ARGV[1]) then
+  return {0, depth}
+end
+if depth == 0 and redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('XGROUP', 'CREATE', KEYS[1], ARGV[2], '0', 'MKSTREAM')
+end
+return {1, redis.call('XADD', KEYS[1], '*', unpack(ARGV, 3))}
+"""
+
+REPLY_BLOCK_S = 1  # BLPOP timeout; well under the dispatcher connection's socket timeout
+REPLY_DRAIN = 256  # replies taken per LPOP after a BLPOP wakes up
+MAX_REQUEST_ID = 200
+MAX_MODELS_TRACKED = 256
+
+
+class RedisQueue:
+    """:class:`~facesr.service.queue.base.QueueBackend` on Redis Streams, for the API process.
+
+    Args:
+        url: ``redis://[:password@]host:port/db``.
+        prefix: key prefix shared with the workers.
+        max_queue: jobs admitted per model stream (waiting + in progress) before QueueFull.
+        reply_ttl_s: TTL of this process's reply list (also refreshed by workers on every push).
+        job_ttl_s: TTL of cancel markers; should exceed the longest deadline.
+        api_id: this process's reply address (default: random, unique per process).
+        connect_timeout_s / command_timeout_s: how long a dead Redis may stall a request.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "facesr",
+        max_queue: int = 256,
+        reply_ttl_s: float = 60.0,
+        job_ttl_s: float = 300.0,
+        api_id: str | None = None,
+        connect_timeout_s: float = 1.0,
+        command_timeout_s: float = 2.0,
+    ) -> None:
+        if max_queue < 1:
+            raise ValueError(f"max_queue must be >= 1, got {max_queue}")
+        self.url = url
+        self.keys = Keys(prefix)
+        self.max_queue = max_queue
+        self.reply_ttl_s = reply_ttl_s
+        self.job_ttl_s = job_ttl_s
+        self.api_id = check_name("api id", api_id or f"api-{secrets.token_hex(6)}")
+        self.connect_timeout_s = connect_timeout_s
+        self.command_timeout_s = command_timeout_s
+        self.late_replies = 0
+        self._client: aredis.Redis | None = None
+        self._listener: aredis.Redis | None = None
+        self._admit: Any = None
+        self._pending: PendingReplies | None = None
+        self._dispatcher: asyncio.Task[None] | None = None
+        self._cancel_tasks: set[asyncio.Task[None]] = set()
+        self._models_seen: set[str] = set()
+        self._closing = False
+        self._throughput = (0.0, 0.0)  # (faces/s of ready workers, when measured)
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Create the clients and the reply dispatcher; must run inside the serving event loop."""
+        if self._dispatcher is not None:
+            return
+        self._closing = False
+        common = {
+            "socket_connect_timeout": self.connect_timeout_s,
+            "socket_keepalive": True,
+            "health_check_interval": 10,
+            "retry": Retry(ExponentialBackoff(cap=0.05, base=0.01), 1),
+        }
+        self._client = aredis.Redis.from_url(self.url, socket_timeout=self.command_timeout_s, **common)
+        self._listener = aredis.Redis.from_url(
+            self.url, socket_timeout=REPLY_BLOCK_S + 4.0, max_connections=1, **common
+        )
+        self._admit = self._client.register_script(_ADMIT)
+        self._pending = PendingReplies(on_abandon=self._abandon)
+        self._dispatcher = asyncio.create_task(self._dispatch_replies(), name=f"facesr-replies-{self.api_id}")
+
+    async def close(self) -> None:
+        """Stop the dispatcher, fail waiting futures, close the clients."""
+        if self._dispatcher is not None:
+            # The flag ends the loop even if the cancellation is swallowed inside redis-py's read timeout
+            # handling (seen when the cancel races a blocking read's completion); BLPOP returns within 1 s.
+            self._closing = True
+            self._dispatcher.cancel()
+            await asyncio.wait({self._dispatcher}, timeout=REPLY_BLOCK_S + 2.0)
+            self._dispatcher = None
+        if self._cancel_tasks:
+            await asyncio.wait(list(self._cancel_tasks), timeout=1.0)
+        if self._pending is not None:
+            self._pending.fail_all(BackendUnavailable("the queue client is shutting down"))
+        for client in (self._client, self._listener):
+            if client is not None:
+                await client.aclose()
+        self._client = self._listener = None
+
+    # -- the contract --------------------------------------------------------------------------------
+    async def submit(self, job: Job) -> asyncio.Future[JobResult]:
+        pending, client = self._require_started()
+        if not job.request_id or len(job.request_id) > MAX_REQUEST_ID:
+            raise ValueError(f"request id must be 1-{MAX_REQUEST_ID} characters")
+        stream = self.keys.jobs(job.model)
+        if job.deadline <= time.time():
+            return resolved_future(JobResult.failure(job.request_id, "expired", EXPIRED_BEFORE_QUEUEING))
+        fields = encode_job(job, self.api_id)
+        future = pending.add(job.request_id, job.deadline)  # before XADD: a fast reply must find it
+        args: list[Any] = [self.max_queue, GROUP]
+        for name, value in fields.items():
+            args += [name, value]
+        try:
+            admitted, value = await self._admit(keys=[stream], args=args, client=client)
+        except redis.RedisError as exc:
+            pending.forget(job.request_id)
+            raise BackendUnavailable(f"cannot queue the job: {self._describe(exc)}") from exc
+        except BaseException:
+            pending.forget(job.request_id)
+            raise
+        if len(self._models_seen) < MAX_MODELS_TRACKED:  # counted in status() even before a worker serves it
+            self._models_seen.add(job.model)
+        if not admitted:
+            pending.forget(job.request_id)
+            depth = int(value)
+            raise QueueFull(depth, self.max_queue, await self._retry_after(depth))
+        return future
+
+    async def cancel(self, request_id: str) -> None:
+        pending, _ = self._require_started()
+        pending.resolve(JobResult.failure(request_id, "cancelled", "cancelled by the caller"))
+        await self._send_cancel(request_id)
+
+    async def status(self) -> BackendStatus:
+        _, client = self._require_started()
+        try:
+            workers = await self._workers(client)
+            ready = [w for w in workers if w.get("ready")]
+            models: dict[str, dict] = {}
+            for worker in ready:
+                for name, card in (worker.get("models") or {}).items():
+                    entry = models.setdefault(name, {**card, "workers": 0})
+                    entry["workers"] += 1
+            streams = sorted({*models, *self._models_seen})
+            depth = 0
+            if streams:
+                pipe = client.pipeline(transaction=False)
+                for name in streams:
+                    pipe.xlen(self.keys.jobs(name))
+                depth = sum(int(n) for n in await pipe.execute())
+        except redis.RedisError as exc:
+            return BackendStatus(False, 0, {}, 0, f"redis unreachable: {self._describe(exc)}")
+        self._throughput = (sum(float(w.get("throughput") or 0.0) for w in ready), time.monotonic())
+        warming = len(workers) - len(ready)
+        detail = f"{len(ready)} worker(s) ready" + (f", {warming} warming up" if warming else "")
+        return BackendStatus(True, len(ready), models, depth, detail)
+
+    # -- internals -----------------------------------------------------------------------------------
+    def _require_started(self) -> tuple[PendingReplies, aredis.Redis]:
+        if self._pending is None or self._client is None:
+            raise BackendUnavailable("the queue client is not started (call start() in the event loop)")
+        return self._pending, self._client
+
+    def _describe(self, exc: BaseException) -> str:
+        return f"redis at {self.url.split('@')[-1]}: {type(exc).__name__}: {exc}"
+
+    async def _workers(self, client: aredis.Redis) -> list[dict[str, Any]]:
+        """Heartbeats of workers whose heartbeat has not expired."""
+        now = time.time()
+        pipe = client.pipeline(transaction=False)
+        pipe.zremrangebyscore(self.keys.workers, "-inf", now)
+        pipe.zrangebyscore(self.keys.workers, now, "+inf")
+        _, ids = await pipe.execute()
+        if not ids:
+            return []
+        payloads = await client.mget([self.keys.heartbeat(w.decode()) for w in ids])
+        workers = []
+        for payload in payloads:
+            if payload is None:
+                continue
+            try:
+                workers.append(json.loads(payload))
+            except json.JSONDecodeError:
+                log.warning("ignoring a malformed worker heartbeat")
+        return workers
+
+    async def _retry_after(self, depth: int) -> float:
+        """Seconds for the ready workers to work through ``depth`` jobs: 1 s when unknown, else 0.5-60 s."""
+        throughput, measured = self._throughput
+        if time.monotonic() - measured > 2.0:
+            await self.status()
+            throughput, _ = self._throughput
+        if throughput <= 0:
+            return 1.0
+        return min(60.0, max(0.5, depth / throughput))
+
+    def _abandon(self, request_id: str) -> None:
+        """The caller stopped waiting (deadline or cancellation): tell workers to skip the job."""
+        task = asyncio.get_running_loop().create_task(self._send_cancel(request_id))
+        self._cancel_tasks.add(task)
+        task.add_done_callback(self._cancel_tasks.discard)
+
+    async def _send_cancel(self, request_id: str) -> None:
+        if self._client is None:
+            return
+        try:
+            ttl = max(1, math.ceil(self.job_ttl_s))
+            await self._client.set(self.keys.cancel(request_id), b"1", ex=ttl)
+        except redis.RedisError as exc:
+            log.warning("could not mark %s cancelled: %s", request_id, self._describe(exc))
+
+    async def _dispatch_replies(self) -> None:
+        """The one reader of this process's reply list; resolves futures until cancelled."""
+        assert self._listener is not None and self._pending is not None
+        key = self.keys.reply(self.api_id)
+        backoff = Backoff()
+        while not self._closing:
+            try:
+                popped = await self._listener.blpop([key], timeout=REPLY_BLOCK_S)
+                if popped is None:
+                    continue
+                self._deliver(popped[1])  # before draining: the first reply does not wait a round trip
+                for frame in await self._listener.lpop(key, REPLY_DRAIN) or []:
+                    self._deliver(frame)
+                backoff.reset()
+            except redis.RedisError as exc:
+                failed = self._pending.fail_all(BackendUnavailable(f"lost the queue: {self._describe(exc)}"))
+                delay = backoff.next()
+                log.warning(
+                    "reply listener: %s; failed %d waiting job(s); retrying in %.2f s",
+                    self._describe(exc),
+                    failed,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+
+    def _deliver(self, frame: bytes) -> None:
+        assert self._pending is not None
+        try:
+            result = decode_result(frame)
+        except CodecError as exc:
+            log.error("dropping a malformed reply: %s", exc)
+            return
+        if not self._pending.resolve(result):
+            self.late_replies += 1
+            metrics.LATE_REPLIES.inc()

@@ -1,0 +1,405 @@
+"""The worker's side of the Redis queue: consumer-group reads, replies, acknowledgements, reclaiming.
+
+Delivery guarantees: a job stays in its stream's pending list from XREADGROUP until the worker has pushed
+the reply and sent XACK + XDEL in one pipeline, so a worker that dies mid-batch loses nothing: after
+``claim_idle_ms`` without activity on an entry, any live worker takes it over with XAUTOCLAIM. Live workers
+refresh the idle time of the entries they hold from their heartbeat thread (XCLAIM ... JUSTID, which does
+not count as a delivery), so a slow batch is never taken over while its worker is alive. An entry delivered
+more than ``max_deliveries`` times (it keeps killing workers) goes to the dead-letter stream and its caller
+gets a ``dead_letter`` error instead of waiting until its deadline.
+
+Every Redis failure surfaces as :class:`BackendUnavailable`; the worker loop backs off and retries. After
+a reconnect the consumer first re-reads the entries it already owns (XREADGROUP ... 0), and recreates
+its consumer groups if Redis came back empty.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict
+from functools import partial
+from typing import Any
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from facesr.service import metrics
+from facesr.service.batching import FIRST_READ_BLOCK_S, collect_batch
+from facesr.service.queue.base import BackendUnavailable
+from facesr.service.queue.codec import CodecError, decode_job, encode_result, peek_routing
+from facesr.service.queue.jobs import JobResult
+from facesr.service.queue.keys import GROUP, Keys
+from facesr.service.queue.source import Delivery, WorkerInfo
+
+log = logging.getLogger(__name__)
+
+Handle = tuple[str, str]  # (stream key, entry id)
+TOP_UP_POLL_S = 0.0005  # pause between non-blocking reads while a batch is being collected
+RELEASED_IDLE_MS = 24 * 3600 * 1000  # idle time given to entries handed back on exit
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _ids_by_stream(handles: Iterable[Handle]) -> dict[str, list[str]]:
+    by_stream: dict[str, list[str]] = {}
+    for stream, entry_id in handles:
+        by_stream.setdefault(stream, []).append(entry_id)
+    return by_stream
+
+
+class RedisJobSource:
+    """Consumes ``{prefix}:jobs:{model}`` streams as one member of the ``workers`` consumer group.
+
+    Args:
+        url: ``redis://host:port/db``.
+        prefix: key prefix shared with the API processes.
+        max_deliveries: deliveries after which a job is dead-lettered (>= 1).
+        claim_idle_ms: idle time after which another worker's entry is taken over.
+        reply_ttl_s: TTL refreshed on a reply list whenever a reply is pushed.
+        max_batch_size: also bounds how many entries one reclaim pass takes over.
+        dead_letter_maxlen: approximate cap of the dead-letter stream.
+        consumer_gc_s: consumers idle this long with nothing pending are removed from the group.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "facesr",
+        max_deliveries: int = 3,
+        claim_idle_ms: int = 30_000,
+        reply_ttl_s: float = 60.0,
+        max_batch_size: int = 8,
+        dead_letter_maxlen: int = 10_000,
+        consumer_gc_s: float = 600.0,
+    ) -> None:
+        if max_deliveries < 1:
+            raise ValueError(f"max_deliveries must be >= 1, got {max_deliveries}")
+        if claim_idle_ms < 100:
+            raise ValueError(f"claim_idle_ms must be >= 100, got {claim_idle_ms}")
+        self.url = url
+        self.keys = Keys(prefix)
+        self.max_deliveries = max_deliveries
+        self.claim_idle_ms = claim_idle_ms
+        self.reply_ttl_s = reply_ttl_s
+        self.max_batch_size = max_batch_size
+        self.dead_letter_maxlen = dead_letter_maxlen
+        self.consumer_gc_s = consumer_gc_s
+        self.consumer = ""
+        self._client: redis.Redis | None = None
+        self._streams: list[str] = []
+        self._backlog: deque[Delivery] = deque()
+        self._backlog_lock = threading.Lock()
+        self._reread_own = True
+        self._groups_ready = False
+        self._next_consumer_gc = 0.0
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+    def open(self, worker_id: str, models: Sequence[str]) -> None:
+        """Remember who we are and what to read; connects lazily, so a Redis that is down is not fatal."""
+        self.consumer = worker_id
+        self._streams = [self.keys.jobs(model) for model in models]
+        # Blocking reads wait at most FIRST_READ_BLOCK_S, well under the socket timeout.
+        self._client = redis.Redis.from_url(
+            self.url,
+            socket_timeout=FIRST_READ_BLOCK_S + 4.0,
+            socket_connect_timeout=2.0,
+            socket_keepalive=True,
+            health_check_interval=10,
+            retry=Retry(NoBackoff(), 0),  # the worker loop owns retrying, with backoff
+        )
+
+    def close(self, info: WorkerInfo | None = None) -> None:
+        """Withdraw the heartbeat, hand back unstarted entries, leave the group if nothing is pending."""
+        if self._client is None:
+            return
+        with self._backlog_lock:
+            unstarted, self._backlog = list(self._backlog), deque()
+        try:
+            with self._errors():
+                pipe = self._client.pipeline(transaction=False)
+                pipe.delete(self.keys.heartbeat(self.consumer))
+                pipe.zrem(self.keys.workers, self.consumer)
+                for stream, ids in _ids_by_stream(d.handle for d in unstarted).items():
+                    # Backdating their delivery time makes them claimable by other workers right away
+                    # (JUSTID: not counted as another delivery).
+                    pipe.xclaim(stream, GROUP, self.consumer, 0, ids, idle=RELEASED_IDLE_MS, justid=True)
+                pipe.execute()
+                for stream in self._streams:
+                    mine = self._client.xpending_range(stream, GROUP, "-", "+", 1, consumername=self.consumer)
+                    if not mine:
+                        self._client.xgroup_delconsumer(stream, GROUP, self.consumer)
+        except BackendUnavailable as exc:
+            log.debug("close: %s", exc)
+        finally:
+            self._client.close()
+            self._client = None
+
+    @property
+    def client(self) -> redis.Redis:
+        if self._client is None:
+            raise RuntimeError("RedisJobSource.open() was not called")
+        return self._client
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        """Map every Redis failure to BackendUnavailable and remember to re-sync after reconnecting."""
+        try:
+            yield
+        except redis.RedisError as exc:
+            self._reread_own = True
+            self._groups_ready = False
+            raise BackendUnavailable(f"redis at {self._safe_url()}: {type(exc).__name__}: {exc}") from exc
+
+    def _safe_url(self) -> str:
+        return self.url.split("@")[-1]  # never log a password
+
+    def _ensure_groups(self) -> None:
+        for stream in self._streams:
+            try:
+                # id 0: entries added before the group existed (e.g. right after a Redis restart) are served.
+                self.client.xgroup_create(stream, GROUP, id="0", mkstream=True)
+            except redis.ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+        self._groups_ready = True
+
+    # -- reading -------------------------------------------------------------------------------------
+    def next_batch(self, max_items: int, max_wait_s: float, stop: threading.Event) -> list[Delivery]:
+        with self._errors():
+            if not self._groups_ready:
+                self._ensure_groups()
+            if self._reread_own:
+                self._adopt(self._read({s: "0" for s in self._streams}, None, None))
+                self._reread_own = False
+            backlog = self._take_backlog(max_items)
+            if backlog:
+                return backlog
+            first = self._read({s: ">" for s in self._streams}, max_items, FIRST_READ_BLOCK_S)
+            if not first:
+                return []
+            stream = first[0].handle[0]
+            chosen = [d for d in first if d.handle[0] == stream]
+            self._adopt([d for d in first if d.handle[0] != stream])
+            return collect_batch(partial(self._top_up, stream), chosen, max_items, max_wait_s, stop)
+
+    def _top_up(self, stream: str, count: int, timeout_s: float) -> list[Delivery]:
+        """More entries of ``stream`` for the batch being collected, waiting at most ``timeout_s``.
+
+        Polls instead of blocking: Redis checks blocked reads' timeouts only on its cron tick (every
+        100 ms at the default ``hz 10``), so ``XREADGROUP ... BLOCK 2`` can return after 100 ms and would
+        stretch a 2 ms batching window fifty-fold.
+        """
+        deliveries = self._read({stream: ">"}, count, None)
+        if not deliveries:
+            time.sleep(min(timeout_s, TOP_UP_POLL_S))
+        return deliveries
+
+    def _read(self, streams: dict[str, str], count: int | None, timeout_s: float | None) -> list[Delivery]:
+        """XREADGROUP; ``timeout_s`` None = do not block. Block is never 0 ms (which means forever)."""
+        block = None if timeout_s is None else max(1, int(timeout_s * 1000))
+        try:
+            response = self.client.xreadgroup(GROUP, self.consumer, streams, count=count, block=block)
+        except redis.ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            log.warning("consumer group missing (Redis restarted?); recreating it")
+            self._ensure_groups()
+            return []
+        if not response:
+            return []
+        pairs = response.items() if isinstance(response, dict) else response
+        deliveries = []
+        empty: list[Handle] = []
+        for stream_key, entries in pairs:
+            stream = _text(stream_key)
+            for entry in entries:
+                entry_id, fields = _text(entry[0]), entry[1]
+                if not fields:  # deleted while pending: nothing to answer
+                    empty.append((stream, entry_id))
+                    continue
+                deliveries.append(self._delivery(stream, entry_id, fields, attempt=1))
+        if empty:
+            self._ack(empty)
+        return deliveries
+
+    def _delivery(self, stream: str, entry_id: str, fields: dict[Any, Any], attempt: int) -> Delivery:
+        try:
+            job, reply_to = decode_job(fields)
+        except CodecError as exc:
+            rid, reply_to = peek_routing(fields)
+            return Delivery((stream, entry_id), rid, None, reply_to, attempt, error=str(exc))
+        return Delivery((stream, entry_id), job.request_id, job, reply_to, attempt)
+
+    def _adopt(self, deliveries: Sequence[Delivery]) -> None:
+        """Keep entries for later batches; an entry already held (re-read after a claim) is not doubled."""
+        with self._backlog_lock:
+            held = {d.handle for d in self._backlog}
+            self._backlog.extend(d for d in deliveries if d.handle not in held)
+
+    def _take_backlog(self, max_items: int) -> list[Delivery]:
+        """Up to ``max_items`` backlog entries of the stream at the backlog's head."""
+        with self._backlog_lock:
+            if not self._backlog:
+                return []
+            stream = self._backlog[0].handle[0]
+            taken, kept = [], deque()
+            for delivery in self._backlog:
+                if delivery.handle[0] == stream and len(taken) < max_items:
+                    taken.append(delivery)
+                else:
+                    kept.append(delivery)
+            self._backlog = kept
+            return taken
+
+    def cancelled(self, deliveries: Sequence[Delivery]) -> set[str]:
+        rids = [d.request_id for d in deliveries if d.request_id]
+        if not rids:
+            return set()
+        with self._errors():
+            flags = self.client.mget([self.keys.cancel(rid) for rid in rids])
+        return {rid for rid, flag in zip(rids, flags, strict=True) if flag is not None}
+
+    # -- answering -----------------------------------------------------------------------------------
+    def finish(self, answered: Sequence[tuple[Delivery, JobResult]]) -> None:
+        """Push replies (refreshing each list's TTL), then XACK + XDEL, in one round trip."""
+        if not answered:
+            return
+        ttl = max(1, int(self.reply_ttl_s))
+        with self._errors():
+            pipe = self.client.pipeline(transaction=False)
+            for delivery, result in answered:
+                if delivery.reply_to and delivery.request_id:
+                    reply_key = self.keys.reply(delivery.reply_to)
+                    pipe.rpush(reply_key, encode_result(result))
+                    pipe.expire(reply_key, ttl)
+                else:
+                    log.warning("entry %s has no reply address; acknowledged unanswered", delivery.handle)
+            self._queue_ack(pipe, [d.handle for d, _ in answered])
+            pipe.execute()
+
+    def _ack(self, handles: Sequence[Handle]) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        self._queue_ack(pipe, handles)
+        pipe.execute()
+
+    @staticmethod
+    def _queue_ack(pipe: Any, handles: Sequence[Handle]) -> None:
+        for stream, ids in _ids_by_stream(handles).items():
+            pipe.xack(stream, GROUP, *ids)
+            pipe.xdel(stream, *ids)  # XLEN stays "waiting + in progress", the admission bound
+
+    # -- taking over from dead workers ------------------------------------------------------------------
+    def maintain(self) -> None:
+        with self._errors():
+            if not self._groups_ready:
+                self._ensure_groups()
+            for stream in self._streams:
+                self._reclaim(stream)
+            if time.monotonic() >= self._next_consumer_gc:
+                self._forget_departed_consumers()
+                self._next_consumer_gc = time.monotonic() + min(60.0, self.consumer_gc_s)
+
+    def _reclaim(self, stream: str) -> None:
+        try:
+            response = self.client.xautoclaim(
+                stream, GROUP, self.consumer, self.claim_idle_ms, start_id="0-0", count=self.max_batch_size
+            )
+        except redis.ResponseError as exc:
+            if "NOGROUP" in str(exc):
+                self._ensure_groups()
+                return
+            raise
+        claimed = [(_text(eid), fields) for eid, fields in response[1] if fields]
+        gone = [(stream, _text(eid)) for eid, fields in response[1] if not fields]
+        gone += [(stream, _text(eid)) for eid in (response[2] if len(response) > 2 else [])]
+        if gone:
+            self._ack(gone)
+        if not claimed:
+            return
+        attempts = self._delivery_counts(stream, [eid for eid, _ in claimed])
+        exhausted, retried = [], []
+        for entry_id, fields in claimed:
+            delivery = self._delivery(stream, entry_id, fields, attempt=attempts.get(entry_id, 2))
+            (exhausted if delivery.attempt > self.max_deliveries else retried).append((delivery, fields))
+        if exhausted:
+            self._dead_letter(exhausted)
+        if retried:
+            metrics.REDELIVERED.inc(len(retried))
+            log.warning("took over %d job(s) from unresponsive workers on %s", len(retried), stream)
+            self._adopt([d for d, _ in retried])
+
+    def _delivery_counts(self, stream: str, entry_ids: list[str]) -> dict[str, int]:
+        ordered = sorted(entry_ids, key=lambda e: tuple(int(p) for p in e.split("-")))
+        rows = self.client.xpending_range(
+            stream, GROUP, ordered[0], ordered[-1], len(ordered) + 64, consumername=self.consumer
+        )
+        return {_text(row["message_id"]): int(row["times_delivered"]) for row in rows}
+
+    def _dead_letter(self, exhausted: Sequence[tuple[Delivery, dict[Any, Any]]]) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        answered = []
+        for delivery, fields in exhausted:
+            stream, entry_id = delivery.handle
+            record = {k: v for k, v in fields.items() if _text(k) != "lr"}
+            record.update(
+                {"stream": stream, "entry_id": entry_id, "deliveries": delivery.attempt, "at": time.time()}
+            )
+            pipe.xadd(self.keys.dead, record, maxlen=self.dead_letter_maxlen, approximate=True)
+            message = (
+                f"job was delivered {delivery.attempt} times and its worker stopped each time; "
+                "it was moved to the dead-letter stream"
+            )
+            answered.append((delivery, JobResult.failure(delivery.request_id or "", "dead_letter", message)))
+            log.error(
+                "dead-lettered %s (request %s) after %d deliveries",
+                entry_id,
+                delivery.request_id,
+                delivery.attempt,
+            )
+        pipe.execute()
+        metrics.DEAD_LETTERED.inc(len(exhausted))
+        self.finish(answered)
+
+    def _forget_departed_consumers(self) -> None:
+        """Remove consumers that left nothing pending and have been silent for ``consumer_gc_s``."""
+        for stream in self._streams:
+            for consumer in self.client.xinfo_consumers(stream, GROUP):
+                name = _text(consumer["name"])
+                if (
+                    name != self.consumer
+                    and int(consumer["pending"]) == 0
+                    and int(consumer["idle"]) > self.consumer_gc_s * 1000
+                ):
+                    self.client.xgroup_delconsumer(stream, GROUP, name)
+
+    # -- liveness ------------------------------------------------------------------------------------
+    def heartbeat(self, info: WorkerInfo, ttl_s: float) -> None:
+        payload = json.dumps(asdict(info), separators=(",", ":"))
+        expires = time.time() + ttl_s
+        with self._errors():
+            pipe = self.client.pipeline(transaction=False)
+            pipe.set(self.keys.heartbeat(info.worker_id), payload, px=max(1, int(ttl_s * 1000)))
+            pipe.zadd(self.keys.workers, {info.worker_id: expires})
+            pipe.expire(self.keys.workers, max(60, int(ttl_s * 10)))
+            pipe.execute()
+
+    def keep_alive(self, deliveries: Sequence[Delivery]) -> None:
+        with self._backlog_lock:
+            by_stream = _ids_by_stream(d.handle for d in [*deliveries, *self._backlog])
+        if not by_stream:
+            return
+        with self._errors():
+            pipe = self.client.pipeline(transaction=False)
+            for stream, ids in by_stream.items():
+                pipe.xclaim(stream, GROUP, self.consumer, 0, ids, justid=True)
+            pipe.execute()

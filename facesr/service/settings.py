@@ -1,0 +1,246 @@
+"""Service configuration: one pydantic-settings class read from `FACESR_*` environment variables.
+
+`facesr serve`, `facesr worker` and the ASGI app factory all build their configuration through
+`ServiceSettings`; command-line flags are passed as keyword arguments, which take priority over
+the environment. Bad values are refused when the object is built (i.e. at start-up), never later
+in the request path: `settings_error_message` turns the validation error into one readable line
+per offending variable.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ENV_PREFIX = "FACESR_"
+# FACESR_* variables that belong to other parts of the project, not to the service.
+_FOREIGN_VARIABLES = frozenset({"FACESR_SHARED_DIR"})
+_DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+_PREFIX_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+_MIN_API_KEY_LENGTH = 16
+
+
+def _split_comma_list(value: object) -> object:
+    """Environment values arrive as one string: `a,b , c` -> ["a", "b", "c"] (blank items dropped)."""
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+class ServiceSettings(BaseSettings):
+    """Every knob of the HTTP API, the embedded queue and the Redis worker.
+
+    The field name in upper case with the `FACESR_` prefix is the environment variable
+    (`max_batch_size` <- `FACESR_MAX_BATCH_SIZE`). `docs/service.md` documents each one.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        extra="forbid",
+        frozen=True,
+        validate_default=True,
+    )
+
+    # --- where the models and the queue live -------------------------------------------------
+    redis_url: str = Field(
+        "",
+        description="Redis URL of the shared queue (redis://, rediss:// or unix://). Empty: the embedded "
+        "mode, where `facesr serve` runs the queue and the model in its own process.",
+    )
+    checkpoint: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated .safetensors checkpoints to serve; empty: the bundled default.",
+    )
+    default_model: str = Field(
+        "",
+        description="Model name used when a request names none; empty: the only model served "
+        "(requests must then name one when several are served).",
+    )
+    device: str = Field("auto", description="Torch device of the model: auto, cpu, cuda, cuda:N or mps.")
+    dtype: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="Inference precision; bf16/fp16 only on CUDA."
+    )
+
+    # --- batching and admission --------------------------------------------------------------
+    max_batch_size: int = Field(8, ge=1, le=512, description="Largest batch the worker runs at once.")
+    max_wait_ms: float = Field(
+        5.0,
+        ge=0,
+        le=10_000,
+        description="How long the worker waits for more jobs after the first one of a batch (ms).",
+    )
+    max_queue: int = Field(
+        256, ge=1, le=1_000_000, description="Jobs waiting or running before new ones get 429."
+    )
+    max_deliveries: int = Field(
+        3, ge=1, le=100, description="Deliveries of one job before it is dead-lettered (Redis mode)."
+    )
+    claim_idle_ms: int = Field(
+        15_000,
+        ge=100,
+        le=3_600_000,
+        description="A job unacknowledged this long is reclaimed from a dead worker (Redis mode, ms).",
+    )
+    heartbeat_ttl_s: float = Field(
+        10.0, gt=0, le=600, description="A worker silent this long stops counting as ready (Redis mode, s)."
+    )
+    reply_ttl_s: float = Field(
+        120.0, gt=0, le=86_400, description="Lifetime of an unread reply list in Redis (s)."
+    )
+    job_ttl_s: float = Field(
+        600.0,
+        gt=0,
+        le=86_400,
+        description="Lifetime of cancel marks in Redis; covers the longest deadline (s).",
+    )
+    queue_prefix: str = Field("facesr", description="Prefix of every Redis key the service uses.")
+
+    # --- request limits ----------------------------------------------------------------------
+    max_upload_bytes: int = Field(
+        10 * 1024 * 1024, ge=1024, le=1024**3, description="Largest accepted image file (bytes)."
+    )
+    max_pixels: int = Field(
+        16_777_216,
+        ge=256,
+        le=80_000_000,
+        description="Largest accepted width x height, checked from the header before decoding.",
+    )
+    max_batch_images: int = Field(
+        16, ge=1, le=256, description="Most images in one POST /v1/super-resolve/batch request."
+    )
+    default_deadline_ms: int = Field(
+        30_000, ge=1, description="Time budget of a request without an X-Deadline-Ms header (ms)."
+    )
+    max_deadline_ms: int = Field(
+        120_000, ge=1, le=3_600_000, description="Cap on the X-Deadline-Ms header (ms)."
+    )
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated API keys for /v1/*; empty: no authentication.",
+    )
+
+    # --- processes ---------------------------------------------------------------------------
+    host: str = Field("127.0.0.1", description="Interface `facesr serve` listens on.")
+    port: int = Field(8000, ge=1, le=65_535, description="Port `facesr serve` listens on.")
+    workers: int = Field(
+        1, ge=1, le=64, description="uvicorn worker processes of `facesr serve` (Redis mode only)."
+    )
+    metrics_port: int = Field(
+        9100, ge=0, le=65_535, description="Port of the worker's /metrics endpoint; 0 turns it off."
+    )
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
+        "info", description="Log level of the service processes."
+    )
+
+    # --- validators ----------------------------------------------------------------------------
+    _split_lists = field_validator("checkpoint", "api_keys", mode="before")(_split_comma_list)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str) -> str:
+        value = value.strip()
+        if value and not value.startswith(_REDIS_SCHEMES):
+            raise ValueError(f"must start with one of {', '.join(_REDIS_SCHEMES)} (or be empty)")
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        if not _DEVICE_PATTERN.match(value):
+            raise ValueError("must be auto, cpu, mps, cuda or cuda:N")
+        return value
+
+    @field_validator("queue_prefix")
+    @classmethod
+    def _check_prefix(cls, value: str) -> str:
+        if not _PREFIX_PATTERN.match(value):
+            raise ValueError("must be 1-64 characters from A-Z a-z 0-9 _ . : -")
+        return value
+
+    @field_validator("checkpoint")
+    @classmethod
+    def _check_checkpoints(cls, paths: list[Path]) -> list[Path]:
+        if any(path.suffix != ".safetensors" for path in paths):
+            raise ValueError("checkpoints must be .safetensors files")
+        return paths
+
+    @field_validator("api_keys")
+    @classmethod
+    def _check_api_keys(cls, keys: list[SecretStr]) -> list[SecretStr]:
+        for key in keys:
+            secret = key.get_secret_value()
+            if len(secret) < _MIN_API_KEY_LENGTH or any(ch.isspace() for ch in secret):
+                raise ValueError(
+                    f"every key must be at least {_MIN_API_KEY_LENGTH} characters without spaces"
+                )
+        return keys
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> ServiceSettings:
+        if self.default_deadline_ms > self.max_deadline_ms:
+            raise ValueError(
+                f"FACESR_DEFAULT_DEADLINE_MS ({self.default_deadline_ms}) must not exceed "
+                f"FACESR_MAX_DEADLINE_MS ({self.max_deadline_ms})"
+            )
+        if self.job_ttl_s * 1000 < self.max_deadline_ms:
+            raise ValueError(
+                f"FACESR_JOB_TTL_S ({self.job_ttl_s}) must cover "
+                f"FACESR_MAX_DEADLINE_MS ({self.max_deadline_ms})"
+            )
+        if self.workers > 1 and not self.redis_url:
+            raise ValueError(
+                "FACESR_WORKERS > 1 needs FACESR_REDIS_URL: each embedded process would load its own model "
+                "and queue"
+            )
+        return self
+
+    # --- derived values ----------------------------------------------------------------------
+    @property
+    def embedded(self) -> bool:
+        """True when no Redis is configured: queue and model run inside the API process."""
+        return not self.redis_url
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.api_keys)
+
+
+def settings_error_message(error: ValidationError) -> str:
+    """One line per refused value, naming the environment variable (or the whole-config rule)."""
+    lines = ["invalid service configuration:"]
+    for problem in error.errors(include_url=False):
+        location = [str(part) for part in problem["loc"] if not isinstance(part, int)]
+        message = problem["msg"].removeprefix("Value error, ")
+        if location:
+            variable = ENV_PREFIX + location[0].upper()
+            given = problem.get("input")
+            shown = "" if location[0] == "api_keys" or isinstance(given, dict) else f" (got {given!r})"
+            lines.append(f"  {variable}: {message}{shown}")
+        else:
+            lines.append(f"  {message}")
+    return "\n".join(lines)
+
+
+def unknown_environment_settings(environ: Mapping[str, str] | None = None) -> list[str]:
+    """`FACESR_*` variables that match no setting, each with a close match when there is one.
+
+    A typo such as `FACESR_MAX_BATCH=32` would otherwise be ignored silently.
+    """
+    environ = os.environ if environ is None else environ
+    known = {ENV_PREFIX + name.upper() for name in ServiceSettings.model_fields}
+    notes = []
+    for variable in sorted(environ):
+        upper = variable.upper()
+        if not upper.startswith(ENV_PREFIX) or upper in known or upper in _FOREIGN_VARIABLES:
+            continue
+        close = difflib.get_close_matches(upper, known, n=1)
+        notes.append(f"{variable} is not a setting" + (f" (did you mean {close[0]}?)" if close else ""))
+    return notes

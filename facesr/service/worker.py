@@ -1,0 +1,560 @@
+"""The GPU worker: forms batches from a job source, runs the model, answers every job.
+
+The loop (B = ``max_batch_size``, W = ``max_wait_ms``)::
+
+    warm up every batch size it will use, then advertise ready in the heartbeat
+    repeat until stopped:
+        take a batch: block <= 1 s for the first job, then collect until B jobs or W ms after the first
+        answer cancelled, expired and malformed jobs without computing them (counted)
+        run the model on the rest; a failing item is isolated and answered alone; CUDA OOM splits the batch
+        send the replies, then acknowledge the entries
+        every so often: take over jobs of dead workers, dead-letter jobs that keep killing workers
+
+SIGTERM (or :meth:`Worker.stop`) stops reading; the batch in hand is finished and acknowledged before
+``run`` returns. A lost queue backend is retried with jittered exponential backoff, never a crash.
+
+From the command line: ``python -m facesr.service.worker --redis-url redis://... --checkpoint m.safetensors``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import secrets
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import torch
+
+from facesr.service import metrics
+from facesr.service.batching import ItemFailure, run_isolating_failures
+from facesr.service.queue.backoff import Backoff
+from facesr.service.queue.base import BackendUnavailable
+from facesr.service.queue.jobs import HR_BYTES, LR_BYTES, LR_SIZE, Job, JobResult
+from facesr.service.queue.source import Delivery, JobSource, WorkerInfo
+
+log = logging.getLogger(__name__)
+
+WarmupMode = Literal["all", "pow2"]
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+__all__ = ["Engine", "Worker", "load_engines", "main", "run_redis_worker", "warmup_sizes"]
+
+
+class Engine(Protocol):
+    """What the worker needs from a model (``facesr.model.inference.FaceSR`` is one)."""
+
+    model_id: str
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def card(self) -> Any: ...  # a pydantic ModelCard: ``model_dump(mode="json")``
+
+    def enhance_tensor(self, lr: np.ndarray, *, return_steps: bool = False) -> list[Any]:
+        """N x 16 x 16 x 3 uint8 RGB -> N results with ``image`` (128 x 128 x 3 uint8), ``landmarks``
+        (68 x 2 float, output pixels, or None) and ``steps`` (list of images, or None)."""
+        ...
+
+
+def warmup_sizes(max_batch_size: int, mode: WarmupMode = "all") -> list[int]:
+    """Batch sizes to run once before serving: every size up to B, or powers of two plus B."""
+    if max_batch_size < 1:
+        raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+    if mode == "all":
+        return list(range(1, max_batch_size + 1))
+    if mode == "pow2":
+        sizes = [2**i for i in range(max_batch_size.bit_length()) if 2**i <= max_batch_size]
+        return sorted({*sizes, max_batch_size})
+    raise ValueError(f"warmup mode must be 'all' or 'pow2', got {mode!r}")
+
+
+def make_worker_id() -> str:
+    """Unique per process, readable in XINFO CONSUMERS: host, pid and a random suffix."""
+    host = socket.gethostname().split(".")[0][:40] or "host"
+    return f"{host}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+def describe_engine(engine: Engine) -> dict[str, Any]:
+    """The model card as JSON plus what this worker runs it with (advertised in heartbeats)."""
+    card = engine.card.model_dump(mode="json") if hasattr(engine.card, "model_dump") else dict(engine.card)
+    return {
+        **card,
+        "model_id": engine.model_id,
+        "device": str(engine.device),
+        "dtype": dtype_label(engine.dtype),
+    }
+
+
+def dtype_label(dtype: torch.dtype) -> str:
+    """ "fp32" / "bf16" / "fp16" as in the settings, else the torch name."""
+    return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(
+        dtype, str(dtype).removeprefix("torch.")
+    )
+
+
+class Worker:
+    """Consumes jobs from ``source`` and answers them with ``engines`` (model name -> engine).
+
+    Construct with plain arguments; ``run()`` blocks until :meth:`stop` (or SIGTERM/SIGINT when run on
+    the main thread). The same class serves the Redis backend and the in-process backend.
+    """
+
+    def __init__(
+        self,
+        engines: Mapping[str, Engine],
+        source: JobSource,
+        *,
+        max_batch_size: int = 8,
+        max_wait_ms: float = 5.0,
+        warmup: WarmupMode = "all",
+        heartbeat_interval_s: float = 2.0,
+        heartbeat_ttl_s: float = 10.0,
+        maintenance_interval_s: float = 1.0,
+        worker_id: str | None = None,
+    ) -> None:
+        if not engines:
+            raise ValueError("a worker needs at least one engine")
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        if max_wait_ms < 0:
+            raise ValueError(f"max_wait_ms must be >= 0, got {max_wait_ms}")
+        if heartbeat_ttl_s <= heartbeat_interval_s:
+            raise ValueError("heartbeat_ttl_s must exceed heartbeat_interval_s, or readiness would flap")
+        self.engines = dict(engines)
+        self.source = source
+        self.max_batch_size = max_batch_size
+        self.max_wait_s = max_wait_ms / 1000.0
+        self.warmup_batch_sizes = warmup_sizes(max_batch_size, warmup)
+        self.heartbeat_interval_s = heartbeat_interval_s
+        self.heartbeat_ttl_s = heartbeat_ttl_s
+        self.maintenance_interval_s = maintenance_interval_s
+        self.worker_id = worker_id or make_worker_id()
+        self._stop = threading.Event()
+        self._ready = False
+        self._lock = threading.Lock()
+        self._in_flight: list[Delivery] = []
+        self._throughput = 0.0
+        self._batches = 0
+        self._inferences = 0
+        self._started_at = time.time()
+
+    # -- control -------------------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Ask the loop to finish its current batch and return (thread- and signal-safe)."""
+        self._stop.set()
+
+    @property
+    def throughput(self) -> float:
+        """Faces per second of model time, moving average over recent batches (0 before any)."""
+        return self._throughput
+
+    def is_ready(self) -> bool:
+        """True once every batch size is warmed and until the loop stops."""
+        return self._ready and not self._stop.is_set()
+
+    def info(self) -> WorkerInfo:
+        """The heartbeat payload."""
+        return WorkerInfo(
+            worker_id=self.worker_id,
+            ready=self.is_ready(),
+            models={name: describe_engine(engine) for name, engine in self.engines.items()},
+            max_batch_size=self.max_batch_size,
+            throughput=round(self._throughput, 3),
+            batches=self._batches,
+            inferences=self._inferences,
+            started_at=self._started_at,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+        )
+
+    def run(self) -> None:
+        """Warm up, then serve until stopped. Returns after the last batch is answered and acknowledged."""
+        with self._signals_stop_the_loop():
+            self.source.open(self.worker_id, list(self.engines))
+            heartbeat = threading.Thread(target=self._heartbeat_loop, name="facesr-heartbeat", daemon=True)
+            heartbeat.start()
+            try:
+                self.warm_up()
+                if not self._stop.is_set():
+                    self._set_ready(True)
+                    self._send_heartbeat()
+                    self._serve()
+            finally:
+                self._set_ready(False)
+                self._stop.set()
+                heartbeat.join(timeout=self.heartbeat_interval_s + 1.0)
+                try:
+                    self.source.close(self.info())
+                except BackendUnavailable as exc:
+                    log.warning("could not withdraw the heartbeat on exit: %s", exc)
+                log.info("worker %s stopped after %d batches", self.worker_id, self._batches)
+
+    def warm_up(self) -> None:
+        """Run every batch size once per engine (kernel selection, allocator pools) before serving.
+
+        A size that runs out of GPU memory here lowers ``max_batch_size`` to the largest size that ran,
+        so the worker does not pay for an out-of-memory split on every full batch.
+        """
+        for name, engine in self.engines.items():
+            for size in list(self.warmup_batch_sizes):
+                if self._stop.is_set():
+                    return
+                started = time.perf_counter()
+                try:
+                    engine.enhance_tensor(np.zeros((size, LR_SIZE, LR_SIZE, 3), np.uint8))
+                except torch.cuda.OutOfMemoryError:
+                    torch.cuda.empty_cache()
+                    fitted = [s for s in self.warmup_batch_sizes if s < size]
+                    if not fitted:
+                        raise
+                    log.warning(
+                        "%s: batch size %d does not fit in GPU memory; lowering max_batch_size from %d to %d",
+                        name,
+                        size,
+                        self.max_batch_size,
+                        fitted[-1],
+                    )
+                    self.max_batch_size = fitted[-1]
+                    self.warmup_batch_sizes = fitted
+                    break
+                elapsed = time.perf_counter() - started
+                self._throughput = max(self._throughput, size / max(elapsed, 1e-6))
+            metrics.MODEL_INFO.labels(
+                model=name,
+                model_id=engine.model_id,
+                dtype=dtype_label(engine.dtype),
+                device=str(engine.device),
+            ).set(1)
+            log.info("warmed %s on %s at batch sizes %s", name, engine.device, self.warmup_batch_sizes)
+
+    # -- the loop ------------------------------------------------------------------------------------
+    def _serve(self) -> None:
+        backoff = Backoff()
+        next_maintenance = 0.0
+        while not self._stop.is_set():
+            try:
+                if time.monotonic() >= next_maintenance:
+                    self.source.maintain()
+                    next_maintenance = time.monotonic() + self.maintenance_interval_s
+                batch = self.source.next_batch(self.max_batch_size, self.max_wait_s, self._stop)
+                if batch:
+                    self.process(batch)
+                backoff.reset()
+            except BackendUnavailable as exc:
+                delay = backoff.next()
+                log.warning("queue backend unavailable (%s); retrying in %.2f s", exc, delay)
+                self._stop.wait(delay)
+
+    def process(self, batch: Sequence[Delivery]) -> None:
+        """Answer every delivery of ``batch`` (all of one model) and acknowledge them."""
+        with self._lock:
+            self._in_flight = list(batch)
+        try:
+            answered = self._answer(batch)
+            started = time.perf_counter()
+            self.source.finish(answered)
+            metrics.COMPUTE_SECONDS.labels(phase="reply").observe(time.perf_counter() - started)
+        finally:
+            with self._lock:
+                self._in_flight = []
+
+    def _answer(self, batch: Sequence[Delivery]) -> list[tuple[Delivery, JobResult]]:
+        batch_started = time.time()
+        cancelled = self.source.cancelled([d for d in batch if d.job is not None])
+        answered: list[tuple[Delivery, JobResult]] = []
+        runnable: list[Delivery] = []
+        for delivery in batch:
+            refusal = self._refusal(delivery, cancelled, batch_started)
+            if refusal is None:
+                runnable.append(delivery)
+            else:
+                answered.append((delivery, refusal))
+        if runnable:
+            try:
+                answered.extend(self._compute(runnable, batch_started))
+            except Exception as exc:  # a bug here must not kill the loop: every caller still gets an answer
+                log.exception("unexpected failure while computing a batch")
+                answered.extend(
+                    (d, self._failure(d, "internal", f"worker error: {type(exc).__name__}: {exc}"))
+                    for d in runnable
+                )
+        return answered
+
+    def _refusal(self, delivery: Delivery, cancelled: set[str], now: float) -> JobResult | None:
+        """An error result when ``delivery`` must not be computed, else None."""
+        job = delivery.job
+        if job is None:
+            metrics.ITEM_ERRORS.labels(kind="bad_input").inc()
+            return self._failure(delivery, "bad_input", delivery.error or "malformed job")
+        if job.deadline <= now:  # checked first: the API also marks expired jobs cancelled
+            metrics.EXPIRED.inc()
+            late = now - job.deadline
+            return self._failure(delivery, "expired", f"deadline passed {late:.3f} s before the job ran")
+        if job.request_id in cancelled:
+            metrics.CANCELLED.inc()
+            return self._failure(delivery, "cancelled", "the caller went away before the job ran")
+        if len(job.lr_rgb) != LR_BYTES:
+            metrics.ITEM_ERRORS.labels(kind="bad_input").inc()
+            return self._failure(
+                delivery,
+                "bad_input",
+                f"input must be {LR_BYTES} bytes (16 x 16 RGB uint8), got {len(job.lr_rgb)}",
+            )
+        if job.model not in self.engines:
+            metrics.ITEM_ERRORS.labels(kind="bad_input").inc()
+            return self._failure(
+                delivery,
+                "bad_input",
+                f"model {job.model!r} is not served here ({sorted(self.engines)})",
+            )
+        return None
+
+    def _compute(
+        self, runnable: Sequence[Delivery], batch_started: float
+    ) -> list[tuple[Delivery, JobResult]]:
+        jobs = [d.job for d in runnable if d.job is not None]
+        engine = self.engines[jobs[0].model]
+        if any(job.model != jobs[0].model for job in jobs):
+            raise RuntimeError("a batch mixed models; the job source must not do that")
+
+        started = time.perf_counter()
+        lr = np.frombuffer(b"".join(job.lr_rgb for job in jobs), np.uint8).reshape(-1, LR_SIZE, LR_SIZE, 3)
+        return_steps = any(job.options.return_steps for job in jobs)
+        prepared = time.perf_counter()
+
+        def compute(indices: Sequence[int]) -> list[Any]:
+            return engine.enhance_tensor(lr[list(indices)], return_steps=return_steps)
+
+        outputs = run_isolating_failures(compute, range(len(jobs)), on_oom=self._on_oom)
+        computed = time.perf_counter()
+        timings_base = {"compute": computed - prepared, "batch_size": float(len(jobs))}
+        answered = []
+        for delivery, job, output in zip(runnable, jobs, outputs, strict=True):
+            timings = {"queue": max(0.0, batch_started - job.enqueued_at), **timings_base}
+            if isinstance(output, ItemFailure):
+                metrics.ITEM_ERRORS.labels(kind=output.kind).inc()
+                answered.append((delivery, self._failure(delivery, output.kind, output.message, timings)))
+            else:
+                answered.append((delivery, self._success(job, output, engine, timings)))
+        packaged = time.perf_counter()
+
+        metrics.COMPUTE_SECONDS.labels(phase="prepare").observe(prepared - started)
+        metrics.COMPUTE_SECONDS.labels(phase="model").observe(computed - prepared)
+        metrics.COMPUTE_SECONDS.labels(phase="package").observe(packaged - computed)
+        for job in jobs:
+            metrics.QUEUE_WAIT.observe(max(0.0, batch_started - job.enqueued_at))
+        metrics.BATCH_SIZE.observe(len(jobs))
+        metrics.BATCHES.inc()
+        metrics.INFERENCES.inc(len(jobs))
+        metrics.observe_gpu_memory(engine.device)
+        self._batches += 1
+        self._inferences += len(jobs)
+        rate = len(jobs) / max(computed - prepared, 1e-6)
+        self._throughput = rate if self._throughput == 0 else 0.8 * self._throughput + 0.2 * rate
+        return answered
+
+    def _success(self, job: Job, output: Any, engine: Engine, timings: dict[str, float]) -> JobResult:
+        image = np.ascontiguousarray(output.image, dtype=np.uint8)
+        if image.nbytes != HR_BYTES:
+            raise RuntimeError(f"engine returned an image of shape {image.shape}, expected 128 x 128 x 3")
+        steps = None
+        if job.options.return_steps and output.steps is not None:
+            steps = [np.ascontiguousarray(step, dtype=np.uint8).tobytes() for step in output.steps]
+        landmarks = None
+        if job.options.landmarks and output.landmarks is not None:
+            landmarks = np.asarray(output.landmarks, dtype=np.float64).round(3).tolist()
+        return JobResult(
+            request_id=job.request_id,
+            ok=True,
+            sr_rgb=image.tobytes(),
+            step_rgb=steps,
+            landmarks=landmarks,
+            model_id=engine.model_id,
+            worker_id=self.worker_id,
+            timings=timings,
+        )
+
+    def _failure(
+        self, delivery: Delivery, kind: Any, message: str, timings: dict[str, float] | None = None
+    ) -> JobResult:
+        return JobResult.failure(
+            delivery.request_id or "", kind, message, worker_id=self.worker_id, timings=timings
+        )
+
+    def _on_oom(self) -> None:
+        metrics.OOM_SPLITS.inc()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    # -- heartbeat -----------------------------------------------------------------------------------
+    def _set_ready(self, ready: bool) -> None:
+        self._ready = ready
+        metrics.WORKER_READY.set(1 if ready else 0)
+
+    def _send_heartbeat(self) -> None:
+        try:
+            self.source.heartbeat(self.info(), self.heartbeat_ttl_s)
+            with self._lock:
+                in_flight = list(self._in_flight)
+            self.source.keep_alive(in_flight)
+        except BackendUnavailable as exc:
+            log.debug("heartbeat not sent: %s", exc)
+        except Exception:  # the heartbeat thread must outlive any surprise, or readiness silently lapses
+            log.exception("heartbeat failed")
+
+    def _heartbeat_loop(self) -> None:
+        while not self._stop.is_set():
+            self._send_heartbeat()
+            self._stop.wait(self.heartbeat_interval_s)
+
+    @contextmanager
+    def _signals_stop_the_loop(self) -> Iterator[None]:
+        """On the main thread, SIGTERM and SIGINT call :meth:`stop` for the duration of ``run``."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handle(signum: int, _frame: object) -> None:
+            log.info("received %s: finishing the current batch, then exiting", signal.Signals(signum).name)
+            self.stop()
+
+        previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+# -- construction from plain arguments (used by `facesr worker` and `python -m facesr.service.worker`) ----
+def load_engines(
+    checkpoints: Sequence[str | Path | None], *, device: str | None = None, dtype: str | None = None
+) -> dict[str, Engine]:
+    """Load each checkpoint (None = the bundled default) and key it by its card's name."""
+    from facesr.model.inference import FaceSR
+
+    engines: dict[str, Engine] = {}
+    for path in checkpoints or [None]:
+        engine = FaceSR.from_checkpoint(path, device=device, dtype=dtype)
+        name = engine.card.name
+        if name in engines:
+            raise ValueError(f"two checkpoints advertise the model name {name!r}; names must be unique")
+        engines[name] = engine
+    return engines
+
+
+def run_redis_worker(
+    redis_url: str,
+    checkpoints: Sequence[str | Path | None] = (),
+    *,
+    prefix: str = "facesr",
+    device: str | None = None,
+    dtype: str | None = None,
+    max_batch_size: int = 8,
+    max_wait_ms: float = 5.0,
+    max_deliveries: int = 3,
+    claim_idle_ms: int = 30_000,
+    heartbeat_ttl_s: float = 10.0,
+    reply_ttl_s: float = 60.0,
+    warmup: WarmupMode = "all",
+    metrics_port: int | None = None,
+    metrics_host: str = "0.0.0.0",  # noqa: S104 - a scrape target inside a container network
+    on_ready: Callable[[Worker], None] | None = None,
+) -> int:
+    """Load the engines, connect to Redis and serve until SIGTERM. Returns a process exit code."""
+    from facesr.service.queue.redis_source import RedisJobSource
+
+    engines = load_engines(checkpoints, device=device, dtype=dtype)
+    source = RedisJobSource(
+        redis_url,
+        prefix=prefix,
+        max_deliveries=max_deliveries,
+        claim_idle_ms=claim_idle_ms,
+        reply_ttl_s=reply_ttl_s,
+        max_batch_size=max_batch_size,
+    )
+    worker = Worker(
+        engines,
+        source,
+        max_batch_size=max_batch_size,
+        max_wait_ms=max_wait_ms,
+        warmup=warmup,
+        # The heartbeat thread also refreshes in-flight entries; it must beat well within claim_idle_ms.
+        heartbeat_interval_s=min(heartbeat_ttl_s / 4, claim_idle_ms / 3000),
+        heartbeat_ttl_s=heartbeat_ttl_s,
+        maintenance_interval_s=max(0.2, claim_idle_ms / 4000),
+    )
+    server = None
+    if metrics_port is not None:
+        server = metrics.start_metrics_server(metrics_port, metrics_host, ready=worker.is_ready)
+        log.info("metrics on http://%s:%d/metrics", metrics_host, server.server_address[1])
+    if on_ready is not None:
+        on_ready(worker)
+    try:
+        worker.run()
+    finally:
+        if server is not None:
+            server.shutdown()
+    return 0
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m facesr.service.worker", description="Serve face super-resolution jobs from Redis."
+    )
+    parser.add_argument(
+        "--redis-url", default=os.environ.get("FACESR_REDIS_URL"), help="redis://host:port/db"
+    )
+    parser.add_argument(
+        "--checkpoint", action="append", default=[], help="checkpoint path (repeatable; default: bundled)"
+    )
+    parser.add_argument("--prefix", default="facesr", help="key prefix shared with the API")
+    parser.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: CUDA when available)")
+    parser.add_argument("--dtype", default=None, choices=["fp32", "bf16", "fp16"])
+    parser.add_argument("--max-batch-size", type=int, default=8)
+    parser.add_argument("--max-wait-ms", type=float, default=5.0)
+    parser.add_argument("--max-deliveries", type=int, default=3)
+    parser.add_argument("--claim-idle-ms", type=int, default=30_000)
+    parser.add_argument("--heartbeat-ttl-s", type=float, default=10.0)
+    parser.add_argument("--reply-ttl-s", type=float, default=60.0)
+    parser.add_argument("--warmup", choices=["all", "pow2"], default="all")
+    parser.add_argument("--metrics-port", type=int, default=None, help="serve /metrics on this port")
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    if not args.redis_url:
+        parser.error("--redis-url (or FACESR_REDIS_URL) is required")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point; exit code 0 after a clean SIGTERM drain."""
+    args = _parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT)
+    return run_redis_worker(
+        args.redis_url,
+        args.checkpoint,
+        prefix=args.prefix,
+        device=args.device,
+        dtype=args.dtype,
+        max_batch_size=args.max_batch_size,
+        max_wait_ms=args.max_wait_ms,
+        max_deliveries=args.max_deliveries,
+        claim_idle_ms=args.claim_idle_ms,
+        heartbeat_ttl_s=args.heartbeat_ttl_s,
+        reply_ttl_s=args.reply_ttl_s,
+        warmup=args.warmup,
+        metrics_port=args.metrics_port,
+    )
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

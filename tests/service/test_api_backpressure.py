@@ -1,0 +1,160 @@
+"""Queue full (429 + Retry-After), deadlines (504) and client disconnects (the job is cancelled).
+
+A `GatedEngine` holds the worker inside a batch, so the queue state is controlled exactly.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from facesr.model.inference import FaceSR
+from tests.service.conftest import (
+    RunningService,
+    encode,
+    face_array,
+    scrape,
+    start_embedded,
+    start_redis,
+    value,
+)
+
+MAX_QUEUE = 2
+
+
+def post_face(
+    service: RunningService, *, seed: int = 0, headers=None, timeout: float = 30.0
+) -> httpx.Response:
+    return service.client.post(
+        "/v1/super-resolve",
+        files={"image": ("face.png", encode(face_array(16, 16, seed)), "image/png")},
+        headers=headers or {},
+        timeout=timeout,
+    )
+
+
+def wait_until(condition, timeout_s: float = 20.0, message: str = "condition") -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {message}")
+        time.sleep(0.02)
+
+
+def queue_depth(service: RunningService) -> int:
+    return service.client.get("/readyz").json()["queue_depth"]
+
+
+@pytest.fixture(scope="module", params=["embedded", pytest.param("redis", marks=pytest.mark.redis)])
+def small_service(request: pytest.FixtureRequest, tiny_engine: FaceSR) -> Iterator[RunningService]:
+    """A service whose queue holds only MAX_QUEUE jobs (waiting + computing)."""
+    if request.param == "embedded":
+        service = start_embedded(tiny_engine, max_queue=MAX_QUEUE)
+    else:
+        redis_server = request.getfixturevalue("redis_server")
+        if redis_server.process is None or redis_server.process.poll() is not None:
+            redis_server.start()
+        service = start_redis(tiny_engine, redis_server.url, max_queue=MAX_QUEUE)
+    try:
+        yield service
+    finally:
+        service.engine.gate.set()
+        service.close()
+
+
+@pytest.fixture
+def held(small_service: RunningService) -> Iterator[RunningService]:
+    """The small service with its worker held; released (and drained) after the test."""
+    small_service.wait_ready()
+    small_service.engine.gate.clear()
+    try:
+        yield small_service
+    finally:
+        small_service.engine.gate.set()
+        wait_until(lambda: queue_depth(small_service) == 0, message="the queue to drain")
+
+
+def test_full_queue_answers_429_with_retry_after(held: RunningService):
+    with concurrent.futures.ThreadPoolExecutor(max_workers=MAX_QUEUE) as pool:
+        waiting = [pool.submit(post_face, held, seed=i) for i in range(MAX_QUEUE)]
+        wait_until(lambda: queue_depth(held) == MAX_QUEUE, message="a full queue")
+        before = scrape(held)
+
+        refused = post_face(held, seed=99)
+
+        after = scrape(held)
+        held.engine.gate.set()
+        admitted = [future.result(timeout=60) for future in waiting]
+    assert refused.status_code == 429, refused.text
+    assert refused.headers["content-type"] == "application/problem+json"
+    assert refused.json()["type"] == "urn:facesr:problem:queue-full"
+    assert int(refused.headers["retry-after"]) >= 1
+    assert [r.status_code for r in admitted] == [200] * MAX_QUEUE
+    assert (
+        value(after, "facesr_rejected_total", reason="queue_full")
+        == value(before, "facesr_rejected_total", reason="queue_full") + 1
+    )
+
+
+def test_expired_deadline_answers_504_and_the_job_is_skipped(held: RunningService):
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        entered = held.engine.entered
+        blocker = pool.submit(post_face, held, seed=1)
+        wait_until(lambda: held.engine.entered > entered, message="the blocker to reach the model")
+        calls_before = held.engine.calls
+        before = scrape(held)
+
+        started = time.monotonic()
+        late = post_face(held, seed=2, headers={"X-Deadline-Ms": "300"})
+        elapsed = time.monotonic() - started
+
+        held.engine.gate.set()
+        assert blocker.result(timeout=60).status_code == 200
+    wait_until(lambda: queue_depth(held) == 0, message="the queue to drain")
+    after = scrape(held)
+    assert late.status_code == 504, late.text
+    assert late.json()["type"] == "urn:facesr:problem:deadline-exceeded"
+    assert 0.25 <= elapsed < 5.0
+    # Only the blocker's batch reached the model; the expired job was dropped by the worker.
+    assert held.engine.calls == calls_before + 1
+    skipped = ("facesr_expired_total", "facesr_cancelled_total")
+    assert sum(value(after, name) - value(before, name) for name in skipped) == 1
+    assert (
+        value(after, "facesr_request_failures_total", reason="deadline")
+        == value(before, "facesr_request_failures_total", reason="deadline") + 1
+    )
+
+
+def test_client_disconnect_cancels_the_job(held: RunningService):
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        entered = held.engine.entered
+        blocker = pool.submit(post_face, held, seed=3)
+        wait_until(lambda: held.engine.entered > entered, message="the blocker to reach the model")
+        calls_before = held.engine.calls
+        before = scrape(held)
+
+        with pytest.raises(httpx.ReadTimeout):
+            post_face(held, seed=4, timeout=0.5)  # the client gives up and closes the connection
+
+        def cancelled_seen() -> bool:
+            now = scrape(held)
+            return value(now, "facesr_request_failures_total", reason="cancelled") > value(
+                before, "facesr_request_failures_total", reason="cancelled"
+            )
+
+        # Noticed while the worker is still held: the disconnect, not a finished job, ended the request.
+        wait_until(cancelled_seen, timeout_s=10, message="the disconnect to be noticed")
+        held.engine.gate.set()
+        assert blocker.result(timeout=60).status_code == 200
+    wait_until(lambda: queue_depth(held) == 0, message="the queue to drain")
+    after = scrape(held)
+    assert held.engine.calls == calls_before + 1
+    assert value(after, "facesr_cancelled_total") == value(before, "facesr_cancelled_total") + 1
+    assert (
+        value(after, "facesr_http_requests_total", route="/v1/super-resolve", code="499")
+        == value(before, "facesr_http_requests_total", route="/v1/super-resolve", code="499") + 1
+    )

@@ -1,0 +1,261 @@
+"""The HTTP contract of the super-resolution endpoints, on the embedded and the Redis backend."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from facesr.model.inference import FaceSR
+from tests.service.conftest import MODEL_NAME, TINY_CONFIG, RunningService, decode, encode, face_array
+
+JSON = {"Accept": "application/json"}
+
+
+def post_image(
+    service: RunningService, data: bytes, *, params=None, headers=None, name="face.png", mime="image/png"
+):
+    return service.client.post(
+        "/v1/super-resolve", files={"image": (name, data, mime)}, params=params or {}, headers=headers or {}
+    )
+
+
+def server_timing_phases(header: str) -> set[str]:
+    return {entry.split(";", 1)[0].strip() for entry in header.split(",")}
+
+
+@pytest.mark.parametrize(
+    ("output_format", "media_type", "pil_format"),
+    [("png", "image/png", "PNG"), ("jpeg", "image/jpeg", "JPEG"), ("webp", "image/webp", "WEBP")],
+)
+def test_image_response_in_each_format(
+    service: RunningService, png_face: bytes, output_format, media_type, pil_format
+):
+    response = post_image(service, png_face, params={"format": output_format})
+
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == media_type
+    image = decode(response.content)
+    assert image.format == pil_format
+    assert image.size == (128, 128)
+    assert image.mode == "RGB"
+
+
+def test_png_output_is_the_models_output(service: RunningService, tiny_engine: FaceSR):
+    """The served pixels are the engine's pixels for the same input (lossless PNG end to end)."""
+    face = face_array(16, 16, seed=3)
+    response = post_image(service, encode(face))
+
+    assert response.status_code == 200, response.text
+    served = np.asarray(decode(response.content))
+    expected = tiny_engine.enhance_tensor(face[None])[0].image
+    # Batches of different sizes may round a few pixels differently; anything more is a real bug.
+    difference = np.abs(served.astype(int) - expected.astype(int))
+    assert difference.max() <= 1
+    assert (difference > 0).mean() < 0.01
+
+
+def test_accept_header_chooses_the_image_format(service: RunningService, png_face: bytes):
+    response = post_image(service, png_face, headers={"Accept": "image/webp"})
+
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "image/webp"
+    assert decode(response.content).format == "WEBP"
+
+
+def test_json_response_carries_image_landmarks_model_and_timings(service: RunningService, png_face: bytes):
+    response = post_image(service, png_face, headers=JSON)
+
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/json"
+    body = response.json()
+    image = decode(base64.b64decode(body["image"]))
+    assert image.size == (128, 128)
+    assert body["media_type"] == "image/png"
+    assert body["model"] == MODEL_NAME
+    assert body["model_id"].startswith(MODEL_NAME)
+    landmarks = np.asarray(body["landmarks"])
+    assert landmarks.shape == (68, 2)
+    assert np.all((landmarks >= 0) & (landmarks < 128))
+    assert body["resized_from"] is None
+    assert body["input"] == {"format": "PNG", "width": 16, "height": 16}
+    assert body["batch_size"] >= 1
+    assert {"decode", "queue", "compute", "encode"} <= set(body["timings_ms"])
+    assert body["timings_ms"]["compute"] > 0
+    assert body["request_id"] == response.headers["x-request-id"]
+
+
+def test_landmarks_can_be_turned_off(service: RunningService, png_face: bytes):
+    response = post_image(service, png_face, params={"landmarks": "false"}, headers=JSON)
+
+    assert response.status_code == 200, response.text
+    assert response.json()["landmarks"] is None
+
+
+def test_steps_return_every_feedback_step(service: RunningService, png_face: bytes):
+    response = post_image(service, png_face, params={"steps": "true", "format": "png"}, headers=JSON)
+
+    assert response.status_code == 200, response.text
+    body = response.json()
+    steps = [np.asarray(decode(base64.b64decode(step))) for step in body["steps"]]
+    assert len(steps) == TINY_CONFIG.num_steps
+    assert all(step.shape == (128, 128, 3) for step in steps)
+    final = np.asarray(decode(base64.b64decode(body["image"])))
+    np.testing.assert_array_equal(steps[-1], final)
+
+
+def test_non_16x16_input_is_resized_and_the_response_says_so(service: RunningService):
+    large = encode(face_array(64, 48), "JPEG", quality=90)
+
+    image_response = post_image(service, large, name="face.jpg", mime="image/jpeg")
+    json_response = post_image(service, large, name="face.jpg", mime="image/jpeg", headers=JSON)
+
+    assert image_response.status_code == 200, image_response.text
+    assert image_response.headers["x-resized-from"] == "64x48"
+    assert json_response.status_code == 200, json_response.text
+    assert json_response.json()["resized_from"] == [64, 48]
+    assert json_response.json()["input"]["format"] == "JPEG"
+
+
+@pytest.mark.parametrize(("pil_format", "mime"), [("WEBP", "image/webp"), ("BMP", "image/bmp")])
+def test_webp_and_bmp_uploads_are_accepted(service: RunningService, pil_format: str, mime: str):
+    upload = encode(face_array(16, 16), pil_format)
+    response = post_image(service, upload, name="face.bin", mime=mime)
+
+    assert response.status_code == 200, response.text
+
+
+def test_transparent_upload_is_composited_on_black(service: RunningService):
+    rgba = np.zeros((16, 16, 4), np.uint8)
+    rgba[..., :3] = face_array(16, 16)
+    response = post_image(service, encode(rgba), headers=JSON)
+
+    assert response.status_code == 200, response.text
+
+
+def test_server_timing_and_request_id_headers(service: RunningService, png_face: bytes):
+    response = post_image(service, png_face, headers={"X-Request-ID": "client-trace-42"})
+
+    assert response.status_code == 200, response.text
+    assert response.headers["x-request-id"] == "client-trace-42"
+    phases = server_timing_phases(response.headers["server-timing"])
+    assert {"decode", "queue", "compute", "encode", "total"} <= phases
+
+
+def test_insane_request_id_is_replaced(service: RunningService):
+    response = service.client.get("/healthz", headers={"X-Request-ID": "bad id; with spaces"})
+
+    assert response.status_code == 200
+    assert response.headers["x-request-id"] != "bad id; with spaces"
+    assert len(response.headers["x-request-id"]) == 32
+
+
+def test_batch_returns_one_result_or_error_per_image(service: RunningService):
+    files = [
+        ("images", ("a.png", encode(face_array(16, 16, seed=1)), "image/png")),
+        ("images", ("b.txt", b"not an image at all", "image/png")),
+        ("images", ("c.jpg", encode(face_array(32, 32, seed=2), "JPEG"), "image/jpeg")),
+    ]
+    response = service.client.post("/v1/super-resolve/batch", files=files, params={"format": "jpeg"})
+
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert (body["succeeded"], body["failed"]) == (2, 1)
+    first, broken, third = body["items"]
+    assert (first["index"], first["ok"], first["filename"]) == (0, True, "a.png")
+    assert decode(base64.b64decode(first["result"]["image"])).format == "JPEG"
+    assert len(first["result"]["landmarks"]) == 68
+    assert broken["ok"] is False
+    assert broken["error"]["status"] == 400
+    assert broken["error"]["type"].endswith("undecodable-image")
+    assert third["result"]["resized_from"] == [32, 32]
+
+
+def test_batch_refuses_more_images_than_allowed(service: RunningService, png_face: bytes):
+    limit = service.settings.max_batch_images
+    files = [("images", (f"{i}.png", png_face, "image/png")) for i in range(limit + 1)]
+    response = service.client.post("/v1/super-resolve/batch", files=files)
+
+    assert response.status_code == 413
+    assert response.headers["content-type"] == "application/problem+json"
+
+
+def test_models_lists_the_card(service: RunningService):
+    response = service.client.get("/v1/models")
+
+    assert response.status_code == 200, response.text
+    [model] = response.json()["models"]
+    assert model["name"] == MODEL_NAME
+    assert model["default"] is True
+    assert model["model_id"].startswith(MODEL_NAME)
+    card = model["card"]
+    assert card["config"]["num_steps"] == TINY_CONFIG.num_steps
+    assert card["parameters"] > 0
+    for key in ("training_data", "metrics", "licence", "description"):
+        assert key in card
+
+
+def test_health_and_readiness(service: RunningService):
+    health = service.client.get("/healthz")
+    ready = service.client.get("/readyz")
+
+    assert health.status_code == 200
+    assert health.json() == {"status": "ok"}
+    assert ready.status_code == 200
+    body = ready.json()
+    assert body["ready"] is True
+    assert body["mode"] == service.kind
+    assert body["models"] == [MODEL_NAME]
+    assert body["ready_workers"] >= 1
+
+
+def test_openapi_documents_the_endpoints(service: RunningService):
+    schema = service.client.get("/openapi.json").json()
+    docs = service.client.get("/docs")
+
+    assert docs.status_code == 200
+    assert {"/v1/super-resolve", "/v1/super-resolve/batch", "/v1/models", "/healthz", "/readyz"} <= set(
+        schema["paths"]
+    )
+
+
+def test_concurrent_requests_are_batched(service: RunningService):
+    """Requests arriving while the worker is held end up in one batch (dynamic batching)."""
+    import concurrent.futures
+
+    faces = [encode(face_array(16, 16, seed=10 + i)) for i in range(4)]
+    service.engine.gate.clear()
+    try:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+            futures = [pool.submit(post_image, service, face, headers=JSON) for face in faces]
+            # The first job may already be in the held batch; the others queue up behind it.
+            _wait_for_depth(service, 4)
+            service.engine.gate.set()
+            responses = [future.result(timeout=60) for future in futures]
+    finally:
+        service.engine.gate.set()
+    assert all(r.status_code == 200 for r in responses), [r.text for r in responses]
+    assert max(r.json()["batch_size"] for r in responses) >= 2
+
+
+def _wait_for_depth(service: RunningService, depth: int, timeout_s: float = 20.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if service.client.get("/readyz").json().get("queue_depth", 0) >= depth:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"queue depth never reached {depth}")
+
+
+def test_image_response_decodes_to_rgb_with_content(service: RunningService):
+    """A colourful input must not come back as a blank image (a decoding/encoding slip would)."""
+    response = post_image(service, encode(face_array(16, 16, seed=5)))
+
+    assert response.status_code == 200
+    pixels = np.asarray(Image.open(io.BytesIO(response.content)))
+    assert pixels.std() > 1.0

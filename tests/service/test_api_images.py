@@ -1,0 +1,124 @@
+"""Upload validation and decoding (`facesr.service.images`), without a server."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from facesr.service.errors import (
+    ImageTooLargeError,
+    PayloadTooLargeError,
+    UndecodableImageError,
+    UnsupportedMediaTypeError,
+)
+from facesr.service.images import check_part_type, decode_upload, encode_image, read_header, rgb_from_bytes
+from tests.service.conftest import encode, face_array, png_claiming
+
+LIMITS = {"max_bytes": 1 << 20, "max_pixels": 1 << 20}
+
+
+def test_16x16_upload_is_passed_through_unchanged():
+    face = face_array(16, 16, seed=7)
+    decoded = decode_upload(encode(face), **LIMITS)
+
+    np.testing.assert_array_equal(decoded.lr_rgb, face)
+    assert decoded.resized_from is None
+    assert (decoded.header.format, decoded.header.width, decoded.header.height) == ("PNG", 16, 16)
+
+
+def test_larger_upload_is_resized_with_pil_bicubic():
+    face = face_array(96, 80, seed=8)
+    decoded = decode_upload(encode(face), **LIMITS)
+
+    expected = np.asarray(Image.fromarray(face).resize((16, 16), Image.Resampling.BICUBIC))
+    np.testing.assert_array_equal(decoded.lr_rgb, expected)
+    assert decoded.resized_from == (96, 80)
+    assert decoded.lr_rgb.dtype == np.uint8
+
+
+def test_exif_orientation_is_applied():
+    """A phone JPEG stored landscape with 'rotate 90' in EXIF is decoded upright (portrait)."""
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to display
+    buffer = io.BytesIO()
+    Image.fromarray(face_array(40, 20)).save(buffer, format="JPEG", exif=exif.tobytes())
+
+    decoded = decode_upload(buffer.getvalue(), **LIMITS)
+
+    assert decoded.resized_from == (20, 40)
+
+
+@pytest.mark.parametrize("mode", ["L", "P", "RGBA", "LA", "I;16", "CMYK", "1"])
+def test_unusual_modes_decode_to_rgb(mode: str):
+    image = Image.fromarray(face_array(24, 24)).convert("RGBA" if mode in ("RGBA", "LA") else "RGB")
+    if mode == "I;16":
+        image = Image.fromarray(np.arange(24 * 24, dtype=np.uint16).reshape(24, 24) * 50)
+    else:
+        image = image.convert(mode)
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG" if mode == "CMYK" else "PNG")
+
+    decoded = decode_upload(buffer.getvalue(), **LIMITS)
+
+    assert decoded.lr_rgb.shape == (16, 16, 3)
+
+
+def test_animated_upload_uses_its_first_frame():
+    frames = [Image.fromarray(face_array(16, 16, seed)) for seed in (1, 2)]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format="WEBP", save_all=True, append_images=frames[1:], lossless=True)
+
+    decoded = decode_upload(buffer.getvalue(), **LIMITS)
+
+    np.testing.assert_array_equal(decoded.lr_rgb, np.asarray(frames[0]))
+
+
+def test_header_is_read_without_decoding_pixels():
+    header = read_header(png_claiming(3000, 2000), max_pixels=10**7)
+    assert (header.width, header.height) == (3000, 2000)
+
+    with pytest.raises(ImageTooLargeError, match="3000x2000"):
+        read_header(png_claiming(3000, 2000), max_pixels=10**6)
+
+
+@pytest.mark.parametrize(
+    ("data", "error"),
+    [
+        (b"", UndecodableImageError),
+        (b"hello", UndecodableImageError),
+        (png_claiming(100_000, 100_000), ImageTooLargeError),
+        (encode(face_array(8, 8), "GIF"), UnsupportedMediaTypeError),
+        (b"\x00" * (LIMITS["max_bytes"] + 1), PayloadTooLargeError),
+    ],
+)
+def test_bad_uploads_raise_their_domain_error(data: bytes, error: type[Exception]):
+    with pytest.raises(error):
+        decode_upload(data, **LIMITS)
+
+
+def test_declared_part_types():
+    for accepted in (None, "", "image/png", "image/jpeg; q=1", "application/octet-stream", "IMAGE/WEBP"):
+        check_part_type(accepted)
+    for refused in ("text/plain", "application/json", "video/mp4"):
+        with pytest.raises(UnsupportedMediaTypeError):
+            check_part_type(refused)
+
+
+@pytest.mark.parametrize(("fmt", "lossless"), [("png", True), ("jpeg", False), ("webp", False)])
+def test_encode_image_round_trip(fmt: str, lossless: bool):
+    face = face_array(128, 128, seed=9)
+    decoded = np.asarray(Image.open(io.BytesIO(encode_image(face, fmt, quality=95))).convert("RGB"))
+
+    assert decoded.shape == (128, 128, 3)
+    error = np.abs(decoded.astype(int) - face.astype(int)).mean()
+    assert error == 0 if lossless else error < 4
+
+
+def test_rgb_from_bytes_checks_the_length():
+    raw = face_array(128, 128).tobytes()
+    assert rgb_from_bytes(raw, 128).shape == (128, 128, 3)
+    with pytest.raises(ValueError, match="expected 49152 bytes"):
+        rgb_from_bytes(raw[:-1], 128)

@@ -1,0 +1,223 @@
+"""`facesr serve` and `facesr worker`: start-up refusals, and real processes end to end."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from typer.testing import CliRunner
+
+from facesr.cli import app
+from facesr.service.api import backends
+from tests.service.conftest import encode, face_array
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CONFIG_ERROR = 2
+# uvicorn shuts down gracefully on SIGTERM and then re-raises the signal, so -SIGTERM is a clean exit too.
+GRACEFUL_EXITS = (0, -signal.SIGTERM)
+
+
+@pytest.fixture
+def runner(monkeypatch: pytest.MonkeyPatch) -> CliRunner:
+    for name in list(os.environ):
+        if name.upper().startswith("FACESR_") and name.upper() != "FACESR_SHARED_DIR":
+            monkeypatch.delenv(name)
+    return CliRunner()
+
+
+def test_serve_refuses_a_bad_setting(runner: CliRunner):
+    result = runner.invoke(app, ["serve"], env={"FACESR_MAX_BATCH_SIZE": "0"})
+
+    assert result.exit_code == CONFIG_ERROR
+    assert "FACESR_MAX_BATCH_SIZE" in result.stderr
+
+
+def test_serve_refuses_a_bad_flag(runner: CliRunner):
+    result = runner.invoke(app, ["serve", "--max-queue", "0"])
+
+    assert result.exit_code == CONFIG_ERROR
+    assert "FACESR_MAX_QUEUE" in result.stderr
+
+
+def test_serve_names_the_setting_when_the_checkpoint_is_missing(runner: CliRunner, tmp_path: Path):
+    missing = tmp_path / "nope.safetensors"
+    result = runner.invoke(app, ["serve", "--checkpoint", str(missing)])
+
+    assert result.exit_code == CONFIG_ERROR
+    assert "FACESR_CHECKPOINT" in result.stderr
+    assert str(missing) in result.stderr
+
+
+def test_serve_without_a_bundled_checkpoint_says_how_to_fix_it(
+    runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setattr(backends, "DEFAULT_CHECKPOINT", tmp_path / "default.safetensors")
+    result = runner.invoke(app, ["serve"])
+
+    assert result.exit_code == CONFIG_ERROR
+    assert "FACESR_CHECKPOINT" in result.stderr
+    assert "bundled default" in result.stderr
+
+
+def test_serve_refuses_several_embedded_processes(runner: CliRunner):
+    result = runner.invoke(app, ["serve", "--workers", "2"])
+
+    assert result.exit_code == CONFIG_ERROR
+    assert "FACESR_REDIS_URL" in result.stderr
+
+
+def test_worker_needs_redis(runner: CliRunner):
+    result = runner.invoke(app, ["worker"])
+
+    assert result.exit_code == CONFIG_ERROR
+    assert "FACESR_REDIS_URL" in result.stderr
+
+
+def test_worker_names_the_setting_when_the_checkpoint_is_missing(runner: CliRunner, tmp_path: Path):
+    result = runner.invoke(
+        app,
+        ["worker", "--redis-url", "redis://127.0.0.1:1/0", "--checkpoint", str(tmp_path / "x.safetensors")],
+    )
+
+    assert result.exit_code == CONFIG_ERROR
+    assert "FACESR_CHECKPOINT" in result.stderr
+
+
+# -- real processes ---------------------------------------------------------------------------------------
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    clean = {k: v for k, v in os.environ.items() if not k.upper().startswith("FACESR_")}
+    clean.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    with log.open("wb") as sink:
+        return subprocess.Popen(
+            [sys.executable, "-m", "facesr.cli", *args],
+            cwd=REPO_ROOT,
+            env={**clean, "OMP_NUM_THREADS": "1", **env},
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def _stop(process: subprocess.Popen[bytes]) -> int:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            return process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode
+
+
+def _wait_ready(url: str, process: subprocess.Popen[bytes], log: Path, timeout_s: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"the process exited with {process.returncode}:\n{log.read_text()}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    pytest.fail(f"{url} never became ready:\n{log.read_text()}")
+
+
+def _post_face(base_url: str) -> httpx.Response:
+    files = {"image": ("f.png", encode(face_array(16, 16)), "image/png")}
+    return httpx.post(f"{base_url}/v1/super-resolve", files=files, timeout=60)
+
+
+@pytest.fixture
+def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
+    started: list[subprocess.Popen[bytes]] = []
+    try:
+        yield started
+    finally:
+        for process in started:
+            _stop(process)
+
+
+def test_serve_embedded_end_to_end(tiny_checkpoint: Path, tmp_path: Path, processes: list):
+    port = _free_port()
+    log = tmp_path / "serve.log"
+    processes.append(_spawn(["serve", "--port", str(port), "--checkpoint", str(tiny_checkpoint)], {}, log))
+    base = f"http://127.0.0.1:{port}"
+
+    _wait_ready(f"{base}/readyz", processes[0], log)
+    response = _post_face(base)
+
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "image/png"
+    assert _stop(processes[0]) in GRACEFUL_EXITS, log.read_text()
+    assert "Application shutdown complete" in log.read_text()
+
+
+@pytest.mark.redis
+@pytest.mark.slow
+def test_serve_with_redis_workers_and_a_worker_process(
+    tiny_checkpoint: Path, redis_url: str, tmp_path: Path, processes: list
+):
+    """Two API processes (Prometheus multiprocess mode) and one `facesr worker` process on Redis."""
+    api_port, metrics_port = _free_port(), _free_port()
+    env = {"FACESR_REDIS_URL": redis_url, "FACESR_QUEUE_PREFIX": f"cli-{api_port}"}
+    worker_log, api_log = tmp_path / "worker.log", tmp_path / "api.log"
+    processes.append(
+        _spawn(
+            [
+                "worker",
+                "--checkpoint",
+                str(tiny_checkpoint),
+                "--metrics-port",
+                str(metrics_port),
+                "--max-batch-size",
+                "2",
+            ],
+            env,
+            worker_log,
+        )
+    )
+    processes.append(_spawn(["serve", "--port", str(api_port), "--workers", "2"], env, api_log))
+    base = f"http://127.0.0.1:{api_port}"
+
+    _wait_ready(f"http://127.0.0.1:{metrics_port}/readyz", processes[0], worker_log)
+    _wait_ready(f"{base}/readyz", processes[1], api_log)
+    responses = [_post_face(base) for _ in range(4)]
+    assert [r.status_code for r in responses] == [200] * 4, [r.text for r in responses]
+
+    api_metrics = httpx.get(f"{base}/metrics", timeout=10).text
+    served = sum(
+        sample.value
+        for family in text_string_to_metric_families(api_metrics)
+        for sample in family.samples
+        if sample.name == "facesr_http_requests_total"
+        and sample.labels == {"route": "/v1/super-resolve", "code": "200"}
+    )
+    # Whichever process answers the scrape, it reports the requests of both.
+    assert served == 4
+    worker_metrics = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
+    inferences = [
+        sample.value
+        for family in text_string_to_metric_families(worker_metrics)
+        for sample in family.samples
+        if sample.name == "facesr_inferences_total"
+    ]
+    assert inferences and inferences[0] >= 4
+
+    assert _stop(processes[1]) in GRACEFUL_EXITS, api_log.read_text()
+    assert _stop(processes[0]) in GRACEFUL_EXITS, worker_log.read_text()

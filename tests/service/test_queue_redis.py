@@ -1,0 +1,436 @@
+"""The Redis queue end to end against a real redis-server: API-side RedisQueue + worker threads.
+
+Every test uses its own key prefix on the session's redis-server. Workers run the real tiny DIC model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+
+import numpy as np
+import pytest
+import redis
+import redis.asyncio as aredis
+from prometheus_client import REGISTRY
+
+from facesr.model.config import DICConfig
+from facesr.model.inference import FaceSR
+from facesr.service.queue import BackendUnavailable, Job, JobOptions, JobResult, QueueFull
+from facesr.service.queue.codec import decode_result, encode_job
+from facesr.service.queue.keys import GROUP, Keys
+from facesr.service.queue.redis_backend import RedisQueue
+from facesr.service.queue.redis_source import RedisJobSource
+from facesr.service.worker import Worker
+
+pytestmark = pytest.mark.redis
+MODEL = "tiny"
+
+
+@pytest.fixture(scope="module")
+def engine() -> FaceSR:
+    return FaceSR.from_config(DICConfig.tiny(), name=MODEL)
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"t{uuid.uuid4().hex[:10]}"
+
+
+def face(colour: int) -> np.ndarray:
+    """A 16x16 RGB uint8 input: a diagonal gradient tinted by ``colour`` (distinct inputs and outputs)."""
+    ramp = np.add.outer(np.arange(16), np.arange(16)) * 6
+    rgb = np.stack([ramp, ramp[::-1], np.full((16, 16), colour)], axis=-1)
+    return ((rgb + colour) % 256).astype(np.uint8)
+
+
+def job(rid: str, colour: int = 0, *, deadline_s: float = 30.0, model: str = MODEL, **options: bool) -> Job:
+    now = time.time()
+    return Job(rid, model, face(colour).tobytes(), JobOptions(**options), now, now + deadline_s)
+
+
+def metric(name: str, labels: dict[str, str] | None = None) -> float:
+    return REGISTRY.get_sample_value(name, labels or {}) or 0.0
+
+
+def wait_until(predicate, timeout: float = 15.0, interval: float = 0.02) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(interval)
+
+
+@contextmanager
+def worker_thread(url: str, prefix: str, engine: FaceSR, **options) -> Iterator[Worker]:
+    """A Redis worker on a thread, warmed up and ready; stopped (and joined) on exit."""
+    source_options = {k: options.pop(k) for k in ("max_deliveries", "claim_idle_ms") if k in options}
+    source = RedisJobSource(
+        url, prefix=prefix, max_batch_size=options.get("max_batch_size", 4), **source_options
+    )
+    worker = Worker(
+        {MODEL: engine},
+        source,
+        max_batch_size=options.pop("max_batch_size", 4),
+        max_wait_ms=options.pop("max_wait_ms", 50.0),
+        warmup="pow2",
+        heartbeat_interval_s=0.2,
+        heartbeat_ttl_s=2.0,
+        maintenance_interval_s=0.1,
+        **options,
+    )
+    thread = threading.Thread(target=worker.run, name="test-worker", daemon=True)
+    thread.start()
+    try:
+        wait_until(worker.is_ready)
+        yield worker
+    finally:
+        worker.stop()
+        thread.join(timeout=20)
+        assert not thread.is_alive(), "the worker did not stop"
+
+
+@asynccontextmanager
+async def api_queue(url: str, prefix: str, **options) -> AsyncIterator[RedisQueue]:
+    queue = RedisQueue(url, prefix=prefix, **options)
+    await queue.start()
+    try:
+        yield queue
+    finally:
+        await queue.close()
+
+
+def run(coro, timeout: float = 60.0):
+    return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+def stream_length(url: str, prefix: str) -> int:
+    with redis.Redis.from_url(url) as client:
+        return client.xlen(Keys(prefix).jobs(MODEL))
+
+
+# -- admission -------------------------------------------------------------------------------------
+def test_a_full_queue_refuses_with_retry_after(redis_url: str, prefix: str) -> None:
+    async def scenario() -> None:
+        async with api_queue(redis_url, prefix, max_queue=3) as queue:
+            for i in range(3):
+                await queue.submit(job(f"r{i}"))
+            with pytest.raises(QueueFull) as refused:
+                await queue.submit(job("r3"))
+            assert refused.value.depth == 3 and refused.value.limit == 3
+            assert refused.value.retry_after_s > 0
+            assert (await queue.status()).depth == 3
+
+    run(scenario())
+    assert stream_length(redis_url, prefix) == 3  # the refused job was never added
+
+
+def test_admission_is_atomic_across_api_processes(redis_url: str, prefix: str) -> None:
+    async def scenario() -> list[object]:
+        async with (
+            api_queue(redis_url, prefix, max_queue=5) as first,
+            api_queue(redis_url, prefix, max_queue=5) as second,
+        ):
+            submissions = [(first, second)[i % 2].submit(job(f"r{i}")) for i in range(24)]
+            return await asyncio.gather(*submissions, return_exceptions=True)
+
+    outcomes = run(scenario())
+    admitted = [o for o in outcomes if isinstance(o, asyncio.Future)]
+    refused = [o for o in outcomes if isinstance(o, QueueFull)]
+    assert len(admitted) == 5 and len(refused) == 19
+    assert stream_length(redis_url, prefix) == 5
+
+
+# -- batching and correctness ----------------------------------------------------------------------
+def test_concurrent_jobs_are_batched_and_each_reply_reaches_its_caller(
+    redis_url: str, prefix: str, engine: FaceSR
+) -> None:
+    colours = [0, 60, 120, 180, 240, 30]
+    batches_before = metric("facesr_batches_total")
+    inferences_before = metric("facesr_inferences_total")
+
+    async def scenario() -> list[JobResult]:
+        async with api_queue(redis_url, prefix) as api_a, api_queue(redis_url, prefix) as api_b:
+            futures = await asyncio.gather(
+                *[
+                    (api_a, api_b)[i % 2].submit(
+                        job(f"r{i}", colour, return_steps=(i == 0), landmarks=(i != 1))
+                    )
+                    for i, colour in enumerate(colours)
+                ]
+            )
+            return list(await asyncio.gather(*futures))
+
+    with worker_thread(redis_url, prefix, engine, max_batch_size=4, max_wait_ms=400) as worker:
+        results = run(scenario())
+
+    direct = engine.enhance_tensor(np.stack([face(c) for c in colours]), return_steps=True)
+    for i, (result, expected) in enumerate(zip(results, direct, strict=True)):
+        assert result.ok, result.error_message
+        assert result.request_id == f"r{i}"
+        image = np.frombuffer(result.sr_rgb, np.uint8).reshape(128, 128, 3).astype(int)
+        own = np.abs(image - expected.image.astype(int)).max()
+        others = [np.abs(image - d.image.astype(int)).mean() for j, d in enumerate(direct) if j != i]
+        assert own <= 1, "the reply must be this caller's own face (batched math may differ by rounding)"
+        assert min(others) > 2, "inputs of different colours must give clearly different faces"
+        assert result.model_id == engine.model_id and result.worker_id == worker.worker_id
+        assert result.timings["queue"] >= 0 and result.timings["compute"] > 0
+    batch_sizes = [r.timings["batch_size"] for r in results]
+    assert max(batch_sizes) > 1, f"no batching happened: {batch_sizes}"
+    assert metric("facesr_inferences_total") - inferences_before == len(colours)
+    assert metric("facesr_batches_total") - batches_before < len(colours)
+
+    # options travel with each job
+    assert results[0].step_rgb is not None and len(results[0].step_rgb) == DICConfig.tiny().num_steps
+    assert results[0].step_rgb[-1] == results[0].sr_rgb
+    assert all(r.step_rgb is None for r in results[1:])
+    assert results[1].landmarks is None
+    landmarks = np.asarray(results[2].landmarks)
+    assert landmarks.shape == (68, 2)
+    np.testing.assert_allclose(landmarks, direct[2].landmarks, atol=0.05)
+
+
+def test_status_reports_ready_workers_their_models_and_depth(
+    redis_url: str, prefix: str, engine: FaceSR
+) -> None:
+    async def before() -> None:
+        async with api_queue(redis_url, prefix) as queue:
+            status = await queue.status()
+            assert status.reachable and status.ready_workers == 0 and status.models == {}
+
+    async def during() -> None:
+        async with api_queue(redis_url, prefix) as queue:
+            status = await queue.status()
+            assert status.ready_workers == 1
+            assert status.models[MODEL]["model_id"] == engine.model_id
+            assert status.models[MODEL]["config"] == DICConfig.tiny().to_dict()
+
+    run(before())
+    with worker_thread(redis_url, prefix, engine):
+        run(during())
+
+
+# -- deadlines and cancellation --------------------------------------------------------------------
+def test_expired_jobs_are_answered_by_the_api_and_skipped_by_the_worker(
+    redis_url: str, prefix: str, engine: FaceSR
+) -> None:
+    expired_before = metric("facesr_expired_total")
+
+    async def submit_and_wait(queue: RedisQueue) -> tuple[JobResult, asyncio.Future[JobResult]]:
+        short = await queue.submit(job("short", 10, deadline_s=0.3))
+        long = await queue.submit(job("long", 20, deadline_s=60))
+        started = time.monotonic()
+        result = await short  # no worker yet: the API gives up at the deadline
+        assert time.monotonic() - started < 2.0
+        return result, long
+
+    async def scenario() -> tuple[JobResult, JobResult, int]:
+        async with api_queue(redis_url, prefix) as queue:
+            short, long_future = await submit_and_wait(queue)
+            with worker_thread(redis_url, prefix, engine):
+                long = await long_future
+                await asyncio.to_thread(wait_until, lambda: stream_length(redis_url, prefix) == 0)
+                await asyncio.sleep(0.1)  # the skipped job's reply arrives late and is dropped
+            return short, long, queue.late_replies
+
+    short, long, late = run(scenario())
+    assert short.error_kind == "expired" and not short.ok
+    assert long.ok
+    assert metric("facesr_expired_total") - expired_before == 1
+    assert late >= 1
+
+
+def test_cancelled_jobs_are_skipped_by_the_worker(redis_url: str, prefix: str, engine: FaceSR) -> None:
+    cancelled_before = metric("facesr_cancelled_total")
+
+    async def scenario() -> tuple[JobResult, JobResult]:
+        async with api_queue(redis_url, prefix) as queue:
+            explicit = await queue.submit(job("explicit", 10))
+            abandoned = await queue.submit(job("abandoned", 20))
+            kept = await queue.submit(job("kept", 30))
+            await queue.cancel("explicit")  # e.g. the client disconnected
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(abandoned, 0.05)  # the caller's own timeout cancels the job too
+            await asyncio.sleep(0.1)
+            with worker_thread(redis_url, prefix, engine):
+                result = await kept
+                await asyncio.to_thread(wait_until, lambda: stream_length(redis_url, prefix) == 0)
+            return await explicit, result
+
+    explicit, kept = run(scenario())
+    assert explicit.error_kind == "cancelled"
+    assert kept.ok
+    assert metric("facesr_cancelled_total") - cancelled_before == 2
+
+
+# -- bad input ------------------------------------------------------------------------------------
+def test_a_bad_item_gets_its_own_error_and_the_rest_of_the_batch_succeeds(
+    redis_url: str, prefix: str, engine: FaceSR
+) -> None:
+    keys = Keys(prefix)
+
+    async def scenario() -> dict[str, JobResult]:
+        raw = aredis.Redis.from_url(redis_url)
+        async with api_queue(redis_url, prefix) as queue:
+            wrong_size = Job("short-bytes", MODEL, b"\x00" * 100, JobOptions(), time.time(), time.time() + 30)
+            futures = {
+                "good-1": await queue.submit(job("good-1", 40)),
+                "short-bytes": await queue.submit(wrong_size),
+                "good-2": await queue.submit(job("good-2", 80)),
+            }
+            # a foreign producer's entry with unreadable metadata, addressed to another reply list
+            fields = encode_job(job("garbled", 1), "probe")
+            fields["meta"] = b"{broken"
+            await raw.xadd(keys.jobs(MODEL), fields)
+            with worker_thread(redis_url, prefix, engine, max_batch_size=4, max_wait_ms=200):
+                results = {rid: await future for rid, future in futures.items()}
+                _, frame = await raw.blpop([keys.reply("probe")], timeout=10)
+                results["garbled"] = decode_result(frame)
+            await raw.aclose()
+            return results
+
+    results = run(scenario())
+    assert results["good-1"].ok and results["good-2"].ok
+    assert results["good-1"].timings["batch_size"] == 2.0  # computed together, without the bad ones
+    assert results["short-bytes"].error_kind == "bad_input" and "768" in results["short-bytes"].error_message
+    assert results["garbled"].error_kind == "bad_input" and "JSON" in results["garbled"].error_message
+    assert stream_length(redis_url, prefix) == 0
+
+
+# -- redelivery limits -----------------------------------------------------------------------------
+def test_a_job_that_keeps_losing_its_worker_is_dead_lettered_and_its_caller_told(
+    redis_url: str, prefix: str, engine: FaceSR
+) -> None:
+    keys = Keys(prefix)
+    dead_before = metric("facesr_dead_lettered_total")
+
+    def two_workers_die_holding_it() -> None:
+        with redis.Redis.from_url(redis_url) as client:
+            assert client.xreadgroup(GROUP, "ghost-1", {keys.jobs(MODEL): ">"}, count=1)  # delivery 1
+            time.sleep(0.25)
+            claimed = client.xautoclaim(keys.jobs(MODEL), GROUP, "ghost-2", 200, count=1)  # delivery 2
+            assert claimed[1]
+            time.sleep(0.25)
+
+    async def scenario() -> JobResult:
+        async with api_queue(redis_url, prefix) as queue:
+            future = await queue.submit(job("poison", 5))
+            await asyncio.to_thread(two_workers_die_holding_it)
+            with worker_thread(redis_url, prefix, engine, max_deliveries=2, claim_idle_ms=200):
+                return await future
+
+    result = run(scenario())
+    assert result.error_kind == "dead_letter" and not result.ok
+    assert metric("facesr_dead_lettered_total") - dead_before == 1
+    with redis.Redis.from_url(redis_url) as client:
+        assert client.xlen(keys.jobs(MODEL)) == 0
+        [(_, fields)] = client.xrange(keys.dead)
+        assert fields[b"rid"] == b"poison" and int(fields[b"deliveries"]) == 3
+        assert client.xpending(keys.jobs(MODEL), GROUP)["pending"] == 0
+
+
+# -- Redis outages ---------------------------------------------------------------------------------
+def test_redis_outage_fails_fast_and_everything_recovers_after_restart(
+    redis_server, redis_url: str, prefix: str, engine: FaceSR
+) -> None:
+    async def scenario() -> None:
+        async with api_queue(redis_url, prefix) as queue:
+            first = await (await queue.submit(job("before", 10)))
+            assert first.ok
+            orphan = await queue.submit(job("orphan", 20, model="nobody-serves-this"))
+
+            await asyncio.to_thread(redis_server.stop)
+            try:
+                started = time.monotonic()
+                with pytest.raises(BackendUnavailable):
+                    await queue.submit(job("during", 30))
+                assert time.monotonic() - started < 3.0, "submit must fail fast while Redis is down"
+                with pytest.raises(BackendUnavailable):
+                    await asyncio.wait_for(orphan, 5.0)  # waiting callers are released, not left hanging
+                assert not (await queue.status()).reachable
+            finally:
+                await asyncio.to_thread(redis_server.start)
+
+            # the API reconnects on its own; the worker thread kept running and reconnects with backoff
+            deadline = time.monotonic() + 20
+            while True:
+                try:
+                    after = await asyncio.wait_for(await queue.submit(job("after", 40)), 15)
+                    break
+                except BackendUnavailable:
+                    if time.monotonic() > deadline:
+                        raise
+                    await asyncio.sleep(0.2)
+            assert after.ok
+
+    with worker_thread(redis_url, prefix, engine) as worker:
+        run(scenario(), timeout=90)
+        assert worker.is_ready()
+
+
+def test_one_worker_serves_several_models_without_mixing_them_in_a_batch(
+    redis_url: str, prefix: str, engine: FaceSR
+) -> None:
+    other = FaceSR.from_config(DICConfig.tiny(), seed=1, name="other")
+    source = RedisJobSource(redis_url, prefix=prefix, max_batch_size=4)
+    worker = Worker({MODEL: engine, "other": other}, source, max_batch_size=4, max_wait_ms=100, warmup="pow2")
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+
+    async def scenario() -> list[JobResult]:
+        async with api_queue(redis_url, prefix) as queue:
+            models = [MODEL, "other", MODEL, "other", "other"]
+            futures = await asyncio.gather(
+                *[queue.submit(job(f"r{i}", 30 * i, model=m)) for i, m in enumerate(models)]
+            )
+            return list(await asyncio.gather(*futures))
+
+    try:
+        wait_until(worker.is_ready)
+        results = run(scenario())
+    finally:
+        worker.stop()
+        thread.join(20)
+    assert [r.model_id for r in results] == [
+        engine.model_id,
+        other.model_id,
+        engine.model_id,
+        other.model_id,
+        other.model_id,
+    ]
+    expected = [engine, other, engine, other, other]
+    for i, (result, model) in enumerate(zip(results, expected, strict=True)):
+        direct = model.enhance_tensor(face(30 * i)[None])[0].image
+        assert (
+            np.abs(np.frombuffer(result.sr_rgb, np.uint8).reshape(128, 128, 3).astype(int) - direct).max()
+            <= 1
+        )
+    assert all(r.timings["batch_size"] <= 3 for r in results)  # never more than one model's jobs
+
+
+def test_entries_read_but_not_started_are_handed_back_on_exit(redis_url: str, prefix: str) -> None:
+    keys = Keys(prefix)
+    with redis.Redis.from_url(redis_url) as client:
+        for model in (MODEL, "other"):
+            client.xgroup_create(keys.jobs(model), GROUP, id="0", mkstream=True)
+        for i, model in enumerate([MODEL, "other", "other"]):
+            client.xadd(keys.jobs(model), encode_job(job(f"r{i}", model=model), "api"))
+
+    leaving = RedisJobSource(redis_url, prefix=prefix, claim_idle_ms=600_000)
+    leaving.open("leaving", [MODEL, "other"])
+    first = leaving.next_batch(4, 0.01, threading.Event())  # one model's batch; the other waits in hand
+    assert len({d.job.model for d in first}) == 1
+    leaving.finish([(d, JobResult(request_id=d.request_id, ok=True)) for d in first])
+    leaving.close()
+
+    taking_over = RedisJobSource(redis_url, prefix=prefix, claim_idle_ms=600_000)
+    taking_over.open("taking-over", [MODEL, "other"])
+    taking_over.maintain()  # claims only entries idle for 10 minutes, which the handed-back ones are
+    rest = taking_over.next_batch(4, 0.01, threading.Event())
+    taking_over.close()
+    assert sorted(d.request_id for d in [*first, *rest]) == ["r0", "r1", "r2"]
+    assert all(d.attempt == 2 for d in rest)
