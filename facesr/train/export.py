@@ -1,0 +1,58 @@
+"""Export of trained generators in the serving format (safetensors + model card), config beside it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from facesr.model.checkpoint import ModelCard, save_checkpoint
+from facesr.model.generator import DICGenerator
+from facesr.train.config import TrainConfig
+
+DATA_LICENCE = (
+    "Research and non-commercial use only. Trained on faces from the 300-W collection (AFW, Helen, LFPW, "
+    "iBUG images) with iBUG 68-point annotations, which are licensed for non-commercial research only; "
+    "image copyright stays with the owners. The weights inherit these terms."
+)
+
+
+def model_card(
+    config: TrainConfig, *, step: int, metrics: dict[str, Any], train_count: int, val_count: int
+) -> ModelCard:
+    """The card of a checkpoint exported from a training run."""
+    architecture = "DICGAN" if config.stage == "dicgan" else "DIC"
+    provenance = (
+        f"fine-tuned from {config.gan.init_checkpoint.name} with `facesr train`"
+        if config.gan is not None
+        else "trained from scratch with `facesr train`"
+    )
+    return ModelCard(
+        name=config.name,
+        description=f"{architecture} face super-resolution (x8, 16x16 -> 128x128), run '{config.name}'",
+        architecture=architecture,
+        config={},  # filled in from the generator config by save_checkpoint
+        provenance=provenance,
+        training_data=(
+            f"{config.data.root.name}: {train_count} training faces (augmentation: "
+            f"{config.data.augment.model_dump(mode='json')}), {val_count} held out for validation"
+        ),
+        training={"stage": config.stage, "step": step, "config": config.to_plain()},
+        metrics=metrics,
+        licence=DATA_LICENCE,
+    )
+
+
+def export_generator(
+    path: Path,
+    generator: DICGenerator,
+    config: TrainConfig,
+    card: ModelCard,
+    *,
+    dtype: torch.dtype = torch.float32,
+) -> Path:
+    """Write `path` (.safetensors) and the resolved training config beside it (`<stem>.config.yaml`)."""
+    save_checkpoint(path, generator, generator.config, card, dtype=dtype)
+    path.with_name(f"{path.stem}.config.yaml").write_text(config.to_yaml(), encoding="utf-8")
+    return path
