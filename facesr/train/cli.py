@@ -137,8 +137,33 @@ def train_command(
         typer.echo(f"final: {result.final_checkpoint}")
 
 
+def release_command(
+    checkpoint: Annotated[Path, typer.Argument(help="trained checkpoint (e.g. runs/NAME/best.safetensors)")],
+    report: Annotated[Path, typer.Option(help="report.json of `facesr evaluate` on this checkpoint")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="release checkpoint to write")],
+    name: Annotated[
+        str | None, typer.Option(help="model name in the card (the service's model name)")
+    ] = None,
+    test_set: Annotated[str, typer.Option(help="name of the evaluation set for the card")] = "helen-50",
+    description: Annotated[str | None, typer.Option(help="one-line description for the card")] = None,
+) -> None:
+    """Store a trained checkpoint in fp16 with its test-set scores in the model card."""
+    from facesr.model.errors import FaceSRError
+    from facesr.train.release import release_checkpoint
+
+    try:
+        card = release_checkpoint(
+            checkpoint, report, output, name=name, test_set=test_set, description=description
+        )
+    except (FaceSRError, OSError, ValueError) as error:
+        raise _fail(str(error)) from error
+    size_mb = output.stat().st_size / 1e6
+    typer.echo(f"wrote {output} ({size_mb:.1f} MB, fp16): '{card.name}', {card.parameters:,} parameters")
+
+
 def register(app: typer.Typer) -> None:
     """Add this area's subcommands to the main app."""
     app.command("prepare")(prepare_command)
     app.command("evaluate")(evaluate_command)
     app.command("train")(train_command)
+    app.command("release")(release_command)

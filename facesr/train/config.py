@@ -60,14 +60,27 @@ class AugmentSection(_Strict):
         return value
 
 
+#: Terms of the default training data (300-W), copied into the model card of every exported checkpoint.
+LICENCE_300W = (
+    "Research and non-commercial use only. Trained on faces from the 300-W collection (AFW, Helen, LFPW, "
+    "iBUG images) with iBUG 68-point annotations, which are licensed for non-commercial research only; "
+    "image copyright stays with the owners. The weights inherit these terms."
+)
+
+
 class DataSection(_Strict):
-    """Where the training faces are and how they are split and loaded."""
+    """Where the training faces are, how they are split and loaded, and under which terms they are used.
+
+    `licence` is the usage terms of the data; exported model cards carry it, so a config that trains on
+    other data must state that data's terms.
+    """
 
     root: Path = Path("../shared/data/faces-300w-128")
     val_count: int = Field(default=64, ge=1)
     val_seed: int = 12345
     augment: AugmentSection = AugmentSection()
     num_workers: int = Field(default=2, ge=0)
+    licence: str = Field(default=LICENCE_300W, min_length=1)
 
 
 class OptimSection(_Strict):
@@ -164,7 +177,8 @@ class LoggingSection(_Strict):
 class TrainConfig(_Strict):
     """A whole training run: `stage: dic` trains from scratch, `stage: dicgan` fine-tunes with `gan`."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    # at most 64 characters: the name becomes the exported model card's name, which has that limit
+    name: str = Field(max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     stage: Literal["dic", "dicgan"] = "dic"
     seed: int = 0
     model: ModelSection = ModelSection()

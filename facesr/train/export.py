@@ -11,12 +11,6 @@ from facesr.model.checkpoint import ModelCard, save_checkpoint
 from facesr.model.generator import DICGenerator
 from facesr.train.config import TrainConfig
 
-DATA_LICENCE = (
-    "Research and non-commercial use only. Trained on faces from the 300-W collection (AFW, Helen, LFPW, "
-    "iBUG images) with iBUG 68-point annotations, which are licensed for non-commercial research only; "
-    "image copyright stays with the owners. The weights inherit these terms."
-)
-
 
 def model_card(
     config: TrainConfig, *, step: int, metrics: dict[str, Any], train_count: int, val_count: int
@@ -40,7 +34,7 @@ def model_card(
         ),
         training={"stage": config.stage, "step": step, "config": config.to_plain()},
         metrics=metrics,
-        licence=DATA_LICENCE,
+        licence=config.data.licence,
     )
 
 

@@ -3,7 +3,8 @@
 Run directory (`runs/<name>` unless given):
     config.yaml              the resolved config of the run
     training-state.pt        everything needed to resume (model, optimisers, schedulers, EMA, RNG,
-                             step, best score); plain tensors and dicts, loaded with weights_only=True
+                             step, best and latest validation scores); plain tensors and dicts,
+                             loaded with weights_only=True
     best.safetensors         the best-validating generator in the serving format (+ best.config.yaml)
     final.safetensors        the generator at the last step (+ final.config.yaml)
     metrics.jsonl            one JSON record per log / validation event
@@ -40,7 +41,7 @@ STATE_FILE = "training-state.pt"
 VAL_BATCH_SIZE = 16
 PREVIEW_FACES = 4
 #: Config keys that may change between a run and its resumption (they do not affect the result).
-RESUMABLE_CHANGES = ("train.iterations", "logging.", "data.num_workers")
+RESUMABLE_CHANGES = ("train.iterations", "logging.", "data.num_workers", "data.licence")
 
 
 @dataclass(frozen=True)
@@ -218,6 +219,8 @@ class Trainer:
         self.stage.load_state_dict(saved["stage"])
         self.step = int(saved["step"])
         self.best_psnr = float(saved["best_psnr_y"])
+        if saved.get("last_validation") is not None:  # absent in states written before it was saved
+            self.last_validation = ValidationResult(**saved["last_validation"])
         restore_rng_state(saved["rng"][self.context.rank])
 
     # -- persistence ---------------------------------------------------------------------------------
@@ -234,6 +237,8 @@ class Trainer:
                 "world_size": self.context.world_size,
                 "stage": self.stage.state_dict(),
                 "best_psnr_y": self.best_psnr,
+                # so that a resumed run's cards (and a finished run resumed again) keep the latest scores
+                "last_validation": self.last_validation.as_dict() if self.last_validation else None,
                 "rng": rng_states,
             },
         )

@@ -10,6 +10,7 @@ import yaml
 
 from facesr.model.config import DICConfig
 from facesr.train.config import ConfigError, load_config, parse_config
+from facesr.train.export import model_card
 from tests.train.conftest import CONFIG_DIR, merged
 
 DIC_CONFIGS = ["dic-helen", "dic-celeba", "cpu-reduced", "tiny-test"]
@@ -67,6 +68,8 @@ def test_cpu_config_is_smaller_than_the_paper() -> None:
         ({"model": {"hg_num_features": 30}}, "multiple of 4"),
         ({"stage": "dicgan"}, "needs a 'gan' section"),
         ({"name": "../escape"}, "name"),
+        ({"name": "n" * 65}, r"name.*at most 64"),  # longer names cannot go on a model card
+        ({"data": {"licence": ""}}, r"data\.licence"),
     ],
 )
 def test_invalid_configs_are_refused_with_the_offending_key(
@@ -114,3 +117,26 @@ def test_resolved_config_round_trips(tiny_config_data: dict[str, Any]) -> None:
     config = parse_config(tiny_config_data)
     again = parse_config(yaml.safe_load(config.to_yaml()))
     assert again == config
+
+
+def test_a_64_character_name_goes_on_the_model_card(tiny_config_data: dict[str, Any]) -> None:
+    config = parse_config(merged(tiny_config_data, {"name": "n" * 64}))
+    card = model_card(config, step=1, metrics={}, train_count=8, val_count=2)
+    assert card.name == config.name
+
+
+@pytest.mark.parametrize("name", ["dic-celeba", "dicgan-celeba"])
+def test_celeba_configs_carry_the_terms_of_celeba_not_300w(name: str, tmp_path: Path) -> None:
+    checkpoint = tmp_path / "dic.safetensors"
+    checkpoint.write_bytes(b"placeholder")
+    overrides = {"gan": {"init_checkpoint": str(checkpoint)}} if name.startswith("dicgan") else {}
+    config = parse_config(merged(read(name), overrides))
+    card = model_card(config, step=1, metrics={}, train_count=1, val_count=1)
+    assert "CelebA" in card.licence and "300-W" not in card.licence
+    assert "non-commercial" in card.licence
+
+
+def test_helen_configs_carry_the_300w_terms() -> None:
+    for name in ("dic-helen", "cpu-reduced"):
+        licence = load_config(CONFIG_DIR / f"{name}.yaml").data.licence
+        assert "300-W" in licence and "non-commercial" in licence

@@ -13,7 +13,7 @@ from facesr.model.checkpoint import load_checkpoint, load_generator
 from facesr.train.config import ConfigError, TrainConfig
 from facesr.train.stages import DICStage
 from facesr.train.state import TrainingStateError, load_training_state
-from facesr.train.trainer import STATE_FILE, build_generator, run_training
+from facesr.train.trainer import STATE_FILE, build_generator, check_resumable, run_training
 from tests.train.helpers import CPU, first_batch
 
 
@@ -167,3 +167,36 @@ def test_state_file_that_needs_unpickling_is_refused(tmp_path: Path) -> None:
     torch.save({"format": "facesr-training-state", "version": 1, "payload": Path("x")}, path)
     with pytest.raises(TrainingStateError, match="cannot read"):
         load_training_state(path)
+
+
+def test_model_card_licence_comes_from_the_data_section(
+    make_config: Callable[..., TrainConfig], tmp_path: Path
+) -> None:
+    terms = "Made-up terms of a test data set: research only."
+    config = make_config({"train": {"iterations": 1}, "data": {"licence": terms}})
+    result = run_training(config, tmp_path / "run", device="cpu", progress=False)
+    assert load_checkpoint(result.final_checkpoint).card.licence == terms
+    assert load_checkpoint(result.best_checkpoint).card.licence == terms
+
+
+def test_resuming_a_finished_run_keeps_the_validation_scores_on_its_card(
+    make_config: Callable[..., TrainConfig], tmp_path: Path
+) -> None:
+    config = make_config({"train": {"iterations": 2}})
+    finished = run_training(config, tmp_path / "run", device="cpu", progress=False)
+    scores = load_checkpoint(finished.final_checkpoint).card.metrics["validation"]
+    again = run_training(config, tmp_path / "run", resume=True, device="cpu", progress=False)
+    assert again.step == 2 and again.last_validation == finished.last_validation
+    assert load_checkpoint(again.final_checkpoint).card.metrics["validation"] == scores
+
+
+def test_states_saved_before_data_licence_existed_can_be_resumed(
+    make_config: Callable[..., TrainConfig],
+) -> None:
+    config = make_config()
+    saved = config.to_plain()
+    del saved["data"]["licence"]
+    check_resumable(saved, config)  # the licence does not change the result: no error
+    saved["data"]["val_seed"] += 1
+    with pytest.raises(ConfigError, match=r"data\.val_seed"):
+        check_resumable(saved, config)
