@@ -106,22 +106,32 @@ def render_heatmaps(
 def _parabola_offset(left: torch.Tensor, centre: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
     """Vertex of the parabola through (-1, left), (0, centre), (1, right), clipped to [-0.5, 0.5]."""
     curvature = left - 2 * centre + right
-    offset = (
-        0.5 * (left - right) / torch.where(curvature.abs() > 1e-12, curvature, torch.ones_like(curvature))
-    )
+    safe = torch.where(curvature.abs() > 1e-12, curvature, torch.ones_like(curvature))
+    offset = 0.5 * (left - right) / safe
     return torch.where(curvature < -1e-12, offset, torch.zeros_like(offset)).clamp(-0.5, 0.5)
+
+
+def _edge_offset(centre: torch.Tensor, inner: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Offset of a Gaussian peak from an edge cell, positive away from its one inner neighbour.
+
+    With log-values l0 at the edge cell and l1 one cell inwards, a Gaussian of known sigma is centred
+    sigma^2 (l0 - l1) - 0.5 cells beyond the edge cell; clipped to [-0.5, 0.75] (the arg-max cell is
+    the nearest, and the last output pixel lies 0.75 cell past the last heatmap cell).
+    """
+    return (sigma**2 * (centre - inner) - 0.5).clamp(-0.5, 0.75)
 
 
 def decode_heatmaps(heatmaps: torch.Tensor, stride: int = HEATMAP_STRIDE) -> torch.Tensor:
     """Heatmaps -> landmark coordinates with sub-pixel refinement, in output pixels.
 
     The arg-max cell is refined per axis by a parabola fitted to the log of the three values around it
-    (exact for a Gaussian peak); where the peak is not positive, or at the border, the cell centre is used.
+    (exact for a Gaussian peak); at the grid's border, where one neighbour is missing, a Gaussian of the
+    training sigma is fitted to the two cells there is. Where the peak is not positive the cell is used.
 
     Args:
         heatmaps: B x K x h x w raw heatmaps (any float dtype).
     Returns:
-        B x K x 2 float32 (x, y) in output pixels (cell * stride).
+        B x K x 2 float32 (x, y) in output pixels (cell * stride), within [0, size * stride - 1].
     """
     hm = heatmaps.detach().to(torch.float32)
     B, K, H, W = hm.shape
@@ -139,9 +149,14 @@ def decode_heatmaps(heatmaps: torch.Tensor, stride: int = HEATMAP_STRIDE) -> tor
     centre = sample(row, col)
     dx = _parabola_offset(sample(row, col - 1), centre, sample(row, col + 1))
     dy = _parabola_offset(sample(row - 1, col), centre, sample(row + 1, col))
+    sigma = HEATMAP_SIGMA
+    dx = torch.where(col == 0, -_edge_offset(centre, sample(row, col + 1), sigma), dx)
+    dx = torch.where(col == W - 1, _edge_offset(centre, sample(row, col - 1), sigma), dx)
+    dy = torch.where(row == 0, -_edge_offset(centre, sample(row + 1, col), sigma), dy)
+    dy = torch.where(row == H - 1, _edge_offset(centre, sample(row - 1, col), sigma), dy)
     valid = peak > 0
-    dx = torch.where(valid & (col > 0) & (col < W - 1), dx, torch.zeros_like(dx))
-    dy = torch.where(valid & (row > 0) & (row < H - 1), dy, torch.zeros_like(dy))
-    x = (col.to(torch.float32) + dx) * stride
-    y = (row.to(torch.float32) + dy) * stride
+    dx = torch.where(valid, dx, torch.zeros_like(dx))
+    dy = torch.where(valid, dy, torch.zeros_like(dy))
+    x = ((col.to(torch.float32) + dx) * stride).clamp(0, W * stride - 1)
+    y = ((row.to(torch.float32) + dy) * stride).clamp(0, H * stride - 1)
     return torch.stack((x, y), dim=-1)

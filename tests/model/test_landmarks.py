@@ -59,13 +59,19 @@ def test_flip_matches_a_mirrored_image() -> None:
 @pytest.mark.parametrize("library", ["numpy", "torch"])
 def test_heatmap_round_trip_is_subpixel(library: str) -> None:
     rng = np.random.default_rng(3)
-    landmarks = rng.uniform(6, 122, size=(4, 68, 2)).astype(np.float32)
+    landmarks = rng.uniform(0, 127, size=(4, 68, 2)).astype(np.float32)  # the border cells too
     source = landmarks if library == "numpy" else torch.from_numpy(landmarks)
     heatmaps = render_heatmaps(source)
     assert tuple(heatmaps.shape) == (4, 68, 32, 32)
     decoded = decode_heatmaps(torch.as_tensor(heatmaps)).numpy()
     error = np.abs(decoded - landmarks).max()
     assert error < 0.25, error
+
+
+def test_points_at_the_image_edges_decode_to_the_edges() -> None:
+    edges = np.array([[[0.0, 0.0], [127.0, 127.0], [126.0, 3.0], [1.5, 125.0]]], np.float32)
+    decoded = decode_heatmaps(torch.as_tensor(render_heatmaps(edges))).numpy()
+    np.testing.assert_allclose(decoded, edges, atol=0.25)
 
 
 def test_gt_heatmap_is_the_authors_gaussian() -> None:
