@@ -203,7 +203,7 @@ def worker(
 
     from facesr.model.errors import CheckpointError
     from facesr.service.api.backends import StartupError, check_checkpoints, torch_device
-    from facesr.service.worker import run_redis_worker
+    from facesr.service.worker import WorkerStartupError, run_redis_worker
 
     try:
         check_checkpoints(settings)
@@ -221,7 +221,7 @@ def worker(
             reply_ttl_s=settings.reply_ttl_s,
             metrics_port=settings.metrics_port or None,
         )
-    except StartupError as error:
+    except (StartupError, WorkerStartupError) as error:
         raise _fail(str(error)) from None
     except CheckpointError as error:
         raise _fail(f"cannot load the model (FACESR_CHECKPOINT): {error}") from None

@@ -7,8 +7,8 @@ Several processes (uvicorn ``--workers N``): set ``PROMETHEUS_MULTIPROC_DIR`` to
 BEFORE the processes start (prometheus_client picks its storage when it is first imported). Each process then
 writes its values to memory-mapped files there and :func:`render_latest` aggregates all of them, so one
 scrape of any process sees the whole service. Gauges say how to aggregate (``multiprocess_mode``): in-flight
-requests are summed over live processes, the queue depth (the same number seen by every process) takes the
-maximum. Call :func:`mark_process_dead` from the process manager when a process exits.
+requests are summed over live processes, the queue depth (the same queue seen by every process) takes the
+most recent reading. Call :func:`mark_process_dead` from the process manager when a process exits.
 """
 
 from __future__ import annotations
@@ -63,7 +63,9 @@ INFLIGHT_REQUESTS = Gauge(
 QUEUE_DEPTH = Gauge(
     "facesr_queue_depth",
     "Jobs admitted and not yet answered (waiting plus being computed), as last seen by the API.",
-    multiprocess_mode="livemax",
+    # Each API process refreshes it only when it answers a scrape or a probe; the newest reading is
+    # the current depth, while the largest one may be a stale burst seen by a process scraped long ago.
+    multiprocess_mode="livemostrecent",
 )
 LATE_REPLIES = Counter(
     "facesr_late_replies_total",

@@ -19,11 +19,12 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from facesr.service.queue.keys import check_name
+
 ENV_PREFIX = "FACESR_"
 # FACESR_* variables that belong to other parts of the project, not to the service.
 _FOREIGN_VARIABLES = frozenset({"FACESR_SHARED_DIR"})
 _DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
-_PREFIX_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 _MIN_API_KEY_LENGTH = 16
 
@@ -90,7 +91,7 @@ class ServiceSettings(BaseSettings):
         description="A job unacknowledged this long is reclaimed from a dead worker (Redis mode, ms).",
     )
     heartbeat_ttl_s: float = Field(
-        10.0, gt=0, le=600, description="A worker silent this long stops counting as ready (Redis mode, s)."
+        10.0, ge=1, le=600, description="A worker silent this long stops counting as ready (Redis mode, s)."
     )
     reply_ttl_s: float = Field(
         120.0, gt=0, le=86_400, description="Lifetime of an unread reply list in Redis (s)."
@@ -161,9 +162,12 @@ class ServiceSettings(BaseSettings):
     @field_validator("queue_prefix")
     @classmethod
     def _check_prefix(cls, value: str) -> str:
-        if not _PREFIX_PATTERN.match(value):
-            raise ValueError("must be 1-64 characters from A-Z a-z 0-9 _ . : -")
-        return value
+        return check_name("queue prefix", value)  # the rule the Redis keys enforce, so no later crash
+
+    @field_validator("default_model")
+    @classmethod
+    def _check_default_model(cls, value: str) -> str:
+        return check_name("model name", value) if value else value
 
     @field_validator("checkpoint")
     @classmethod

@@ -46,7 +46,23 @@ log = logging.getLogger(__name__)
 WarmupMode = Literal["all", "pow2"]
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
-__all__ = ["Engine", "Worker", "load_engines", "main", "run_redis_worker", "warmup_sizes"]
+__all__ = [
+    "Engine",
+    "Worker",
+    "WorkerStartupError",
+    "load_engines",
+    "main",
+    "run_redis_worker",
+    "warmup_sizes",
+]
+
+
+class WorkerStartupError(Exception):
+    """The worker cannot start with this configuration; the message names the setting to change."""
+
+
+class NonFiniteOutputError(ValueError):
+    """The model returned NaN or infinite values for one face."""
 
 
 class Engine(Protocol):
@@ -343,8 +359,12 @@ class Worker:
             if isinstance(output, ItemFailure):
                 metrics.ITEM_ERRORS.labels(kind=output.kind).inc()
                 answered.append((delivery, self._failure(delivery, output.kind, output.message, timings)))
-            else:
+                continue
+            try:
                 answered.append((delivery, self._success(job, output, engine, timings)))
+            except NonFiniteOutputError as exc:  # this item alone; its neighbours in the batch are fine
+                metrics.ITEM_ERRORS.labels(kind="internal").inc()
+                answered.append((delivery, self._failure(delivery, "internal", str(exc), timings)))
         packaged = time.perf_counter()
 
         metrics.COMPUTE_SECONDS.labels(phase="prepare").observe(prepared - started)
@@ -371,7 +391,11 @@ class Worker:
             steps = [np.ascontiguousarray(step, dtype=np.uint8).tobytes() for step in output.steps]
         landmarks = None
         if job.options.landmarks and output.landmarks is not None:
-            landmarks = np.asarray(output.landmarks, dtype=np.float64).round(3).tolist()
+            points = np.asarray(output.landmarks, dtype=np.float64)
+            if not np.isfinite(points).all():
+                # NaN/inf (e.g. an fp16 overflow) cannot be sent as JSON and would turn into a 500 later.
+                raise NonFiniteOutputError("the model produced non-finite landmarks for this face")
+            landmarks = points.round(3).tolist()
         return JobResult(
             request_id=job.request_id,
             ok=True,
@@ -470,40 +494,55 @@ def run_redis_worker(
     metrics_host: str = "0.0.0.0",  # noqa: S104 - a scrape target inside a container network
     on_ready: Callable[[Worker], None] | None = None,
 ) -> int:
-    """Load the engines, connect to Redis and serve until SIGTERM. Returns a process exit code."""
+    """Load the engines, connect to Redis and serve until SIGTERM. Returns a process exit code.
+
+    Raises:
+        WorkerStartupError: the metrics port cannot be bound (found out before the models are loaded).
+    """
     from facesr.service.queue.redis_source import RedisJobSource
 
-    engines = load_engines(checkpoints, device=device, dtype=dtype)
-    source = RedisJobSource(
-        redis_url,
-        prefix=prefix,
-        max_deliveries=max_deliveries,
-        claim_idle_ms=claim_idle_ms,
-        reply_ttl_s=reply_ttl_s,
-        max_batch_size=max_batch_size,
-    )
-    worker = Worker(
-        engines,
-        source,
-        max_batch_size=max_batch_size,
-        max_wait_ms=max_wait_ms,
-        warmup=warmup,
-        # The heartbeat thread also refreshes in-flight entries; it must beat well within claim_idle_ms.
-        heartbeat_interval_s=min(heartbeat_ttl_s / 4, claim_idle_ms / 3000),
-        heartbeat_ttl_s=heartbeat_ttl_s,
-        maintenance_interval_s=max(0.2, claim_idle_ms / 4000),
-    )
+    serving: list[Worker] = []  # the metrics endpoint exists before the worker does
     server = None
     if metrics_port is not None:
-        server = metrics.start_metrics_server(metrics_port, metrics_host, ready=worker.is_ready)
+        try:
+            server = metrics.start_metrics_server(
+                metrics_port, metrics_host, ready=lambda: bool(serving) and serving[0].is_ready()
+            )
+        except OSError as error:
+            raise WorkerStartupError(
+                f"cannot serve metrics on {metrics_host}:{metrics_port} ({error.strerror or error}); give "
+                "each worker on a host its own FACESR_METRICS_PORT (--metrics-port), or 0 to turn it off"
+            ) from error
         log.info("metrics on http://%s:%d/metrics", metrics_host, server.server_address[1])
-    if on_ready is not None:
-        on_ready(worker)
     try:
+        engines = load_engines(checkpoints, device=device, dtype=dtype)
+        source = RedisJobSource(
+            redis_url,
+            prefix=prefix,
+            max_deliveries=max_deliveries,
+            claim_idle_ms=claim_idle_ms,
+            reply_ttl_s=reply_ttl_s,
+            max_batch_size=max_batch_size,
+        )
+        worker = Worker(
+            engines,
+            source,
+            max_batch_size=max_batch_size,
+            max_wait_ms=max_wait_ms,
+            warmup=warmup,
+            # The heartbeat thread also refreshes in-flight entries; it must beat well within claim_idle_ms.
+            heartbeat_interval_s=min(heartbeat_ttl_s / 4, claim_idle_ms / 3000),
+            heartbeat_ttl_s=heartbeat_ttl_s,
+            maintenance_interval_s=max(0.2, claim_idle_ms / 4000),
+        )
+        serving.append(worker)
+        if on_ready is not None:
+            on_ready(worker)
         worker.run()
     finally:
         if server is not None:
             server.shutdown()
+            server.server_close()
     return 0
 
 
@@ -536,24 +575,28 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point; exit code 0 after a clean SIGTERM drain."""
+    """Command-line entry point; exit code 0 after a clean SIGTERM drain, 2 for a configuration error."""
     args = _parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT)
-    return run_redis_worker(
-        args.redis_url,
-        args.checkpoint,
-        prefix=args.prefix,
-        device=args.device,
-        dtype=args.dtype,
-        max_batch_size=args.max_batch_size,
-        max_wait_ms=args.max_wait_ms,
-        max_deliveries=args.max_deliveries,
-        claim_idle_ms=args.claim_idle_ms,
-        heartbeat_ttl_s=args.heartbeat_ttl_s,
-        reply_ttl_s=args.reply_ttl_s,
-        warmup=args.warmup,
-        metrics_port=args.metrics_port,
-    )
+    try:
+        return run_redis_worker(
+            args.redis_url,
+            args.checkpoint,
+            prefix=args.prefix,
+            device=args.device,
+            dtype=args.dtype,
+            max_batch_size=args.max_batch_size,
+            max_wait_ms=args.max_wait_ms,
+            max_deliveries=args.max_deliveries,
+            claim_idle_ms=args.claim_idle_ms,
+            heartbeat_ttl_s=args.heartbeat_ttl_s,
+            reply_ttl_s=args.reply_ttl_s,
+            warmup=args.warmup,
+            metrics_port=args.metrics_port,
+        )
+    except WorkerStartupError as error:
+        log.error("%s", error)
+        return 2
 
 
 if __name__ == "__main__":

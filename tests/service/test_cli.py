@@ -91,6 +91,33 @@ def test_worker_names_the_setting_when_the_checkpoint_is_missing(runner: CliRunn
     assert "FACESR_CHECKPOINT" in result.stderr
 
 
+def test_worker_refuses_a_metrics_port_in_use_before_loading_the_model(
+    runner: CliRunner, tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """A second worker on one host with the same FACESR_METRICS_PORT: a clear error, not a traceback."""
+    import socket
+
+    from facesr.service import worker as worker_module
+
+    def must_not_load(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("the model was loaded although the worker cannot start")
+
+    monkeypatch.setattr(worker_module, "load_engines", must_not_load)
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))  # the interface the worker binds by default
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = runner.invoke(
+            app,
+            ["worker", "--redis-url", "redis://127.0.0.1:1/0", "--checkpoint", str(tiny_checkpoint)],
+            env={"FACESR_METRICS_PORT": str(port)},
+        )
+
+    assert result.exit_code == CONFIG_ERROR, result.output
+    assert "FACESR_METRICS_PORT" in result.stderr
+    assert str(port) in result.stderr
+
+
 # -- real processes ---------------------------------------------------------------------------------------
 def _free_port() -> int:
     import socket

@@ -21,7 +21,7 @@ from prometheus_client import REGISTRY
 from facesr.model.config import DICConfig
 from facesr.model.inference import FaceSR
 from facesr.service.queue import BackendUnavailable, Job, JobOptions, JobResult, QueueFull
-from facesr.service.queue.codec import decode_result, encode_job
+from facesr.service.queue.codec import decode_result, encode_job, encode_result
 from facesr.service.queue.keys import GROUP, Keys
 from facesr.service.queue.redis_backend import RedisQueue
 from facesr.service.queue.redis_source import RedisJobSource
@@ -370,6 +370,38 @@ def test_redis_outage_fails_fast_and_everything_recovers_after_restart(
     with worker_thread(redis_url, prefix, engine) as worker:
         run(scenario(), timeout=90)
         assert worker.is_ready()
+
+
+def test_the_reply_dispatcher_survives_an_unexpected_error(
+    redis_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A dead dispatcher would leave every later caller waiting for its deadline while /readyz is green."""
+    real_blpop = aredis.Redis.blpop
+    failures: list[str] = []
+
+    async def blpop_failing_once(self, *args, **kwargs):
+        if not failures:
+            failures.append("raised")
+            raise RuntimeError("a bug outside redis-py's error hierarchy")
+        return await real_blpop(self, *args, **kwargs)
+
+    monkeypatch.setattr(aredis.Redis, "blpop", blpop_failing_once)
+
+    def answer(request_id: str, api_id: str) -> None:
+        with redis.Redis.from_url(redis_url) as client:
+            reply = JobResult(request_id, ok=True, model_id="m-1", timings={"compute": 0.001})
+            client.rpush(Keys(prefix).reply(api_id), encode_result(reply))
+
+    async def scenario() -> JobResult:
+        async with api_queue(redis_url, prefix) as queue:
+            while not failures:
+                await asyncio.sleep(0.01)
+            future = await queue.submit(job("after-the-bug"))
+            await asyncio.to_thread(answer, "after-the-bug", queue.api_id)
+            return await asyncio.wait_for(future, 10.0)
+
+    result = run(scenario())
+    assert result.ok and result.model_id == "m-1"
 
 
 def test_one_worker_serves_several_models_without_mixing_them_in_a_batch(

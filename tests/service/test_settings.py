@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from facesr.service.api.backends import StartupError, build_backend
+from facesr.service.queue.keys import Keys
 from facesr.service.settings import ServiceSettings, settings_error_message, unknown_environment_settings
 
 
@@ -77,6 +79,9 @@ def test_keyword_arguments_override_the_environment(monkeypatch: pytest.MonkeyPa
         ({"FACESR_CHECKPOINT": "model.pt"}, "FACESR_CHECKPOINT"),
         ({"FACESR_API_KEYS": "short"}, "FACESR_API_KEYS"),
         ({"FACESR_QUEUE_PREFIX": "has spaces"}, "FACESR_QUEUE_PREFIX"),
+        ({"FACESR_QUEUE_PREFIX": "team:facesr"}, "FACESR_QUEUE_PREFIX"),  # a colon would split the keys
+        ({"FACESR_DEFAULT_MODEL": "two words"}, "FACESR_DEFAULT_MODEL"),
+        ({"FACESR_HEARTBEAT_TTL_S": "0.01"}, "FACESR_HEARTBEAT_TTL_S"),  # readiness would flap
         ({"FACESR_PORT": "70000"}, "FACESR_PORT"),
         ({"FACESR_MAX_PIXELS": "10"}, "FACESR_MAX_PIXELS"),
     ],
@@ -122,3 +127,16 @@ def test_every_setting_is_documented():
         default = field.get_default(call_default_factory=True)
         if default not in ("", []):
             assert f"`{default}`" in row, f"docs/service.md gives another default for FACESR_{name.upper()}"
+
+
+@pytest.mark.parametrize("prefix", ["facesr", "facesr-staging", "team_a.v2"])
+def test_an_accepted_queue_prefix_makes_valid_redis_keys(prefix: str):
+    keys = Keys(ServiceSettings(queue_prefix=prefix).queue_prefix)
+    assert keys.jobs("tiny") == f"{prefix}:jobs:tiny"
+
+
+def test_embedded_mode_refuses_a_default_model_it_does_not_load(tiny_checkpoint: Path):
+    """Otherwise /readyz says ready while every request without `model` gets a 503."""
+    settings = ServiceSettings(checkpoint=[tiny_checkpoint], default_model="not-loaded", device="cpu")
+    with pytest.raises(StartupError, match="FACESR_DEFAULT_MODEL"):
+        build_backend(settings)

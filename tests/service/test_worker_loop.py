@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 import time
 import uuid
@@ -199,6 +200,30 @@ def test_one_failing_item_is_isolated_and_bad_bytes_never_reach_the_model(engine
     assert results[99].error_kind == "bad_input" and "768" in results[99].error_message
     assert results[98].error_kind == "bad_input" and "meta" in results[98].error_message
     assert max(n for kind, n in events if kind == "compute") == 3  # the short input was never computed
+
+
+class NanLandmarksOnWhite(WrappedEngine):
+    """Returns NaN landmarks for all-white faces (as an fp16 overflow would), real results otherwise."""
+
+    def enhance_tensor(self, lr: np.ndarray, *, return_steps: bool = False):
+        outputs = super().enhance_tensor(lr, return_steps=return_steps)
+        white = (lr.reshape(len(lr), -1) == 255).all(axis=1)
+        return [
+            dataclasses.replace(out, landmarks=np.full_like(out.landmarks, np.nan)) if blank else out
+            for out, blank in zip(outputs, white, strict=True)
+        ]
+
+
+def test_non_finite_landmarks_fail_only_their_own_item(engine: FaceSR) -> None:
+    source = RecordingSource([])
+    worker = Worker({MODEL: NanLandmarksOnWhite(engine)}, source, max_batch_size=4)
+    worker.process(deliveries([face(10), np.full((16, 16, 3), 255, np.uint8), face(70)]))
+
+    results = {d.handle: r for d, r in source.finished}
+    assert results[0].ok and results[2].ok
+    assert all(np.isfinite(r.landmarks).all() for r in (results[0], results[2]))
+    assert not results[1].ok and results[1].error_kind == "internal"
+    assert "non-finite" in (results[1].error_message or "")
 
 
 @pytest.mark.redis

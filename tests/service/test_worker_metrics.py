@@ -121,7 +121,8 @@ def test_multiprocess_mode_aggregates_every_process(tmp_path: Path) -> None:
     _python(_CHILD, env, 4, 1, 5)
     text = _python(_RENDER, env)
     assert _value(text, "facesr_inferences_total") == 7  # counters add up over processes
-    assert _value(text, "facesr_queue_depth") == 7  # the depth is the same queue seen twice: max
+    # the same queue seen twice: the later reading is the current depth, not the larger, older one
+    assert _value(text, "facesr_queue_depth") == 5
     assert _value(text, "facesr_inflight_requests") == 3  # in-flight requests add up over live processes
     text = _python(_RENDER, env, first)  # the first process exited: its live gauges go
     assert _value(text, "facesr_inflight_requests") == 1

@@ -53,8 +53,14 @@ def build_backend(settings: ServiceSettings) -> QueueBackend:
     if settings.embedded:
         from facesr.service.queue.memory_backend import InProcessQueue
 
+        engines = load_engines(settings)
+        if settings.default_model and settings.default_model not in engines:
+            raise StartupError(
+                f"FACESR_DEFAULT_MODEL={settings.default_model!r} is not among the loaded models "
+                f"({', '.join(sorted(engines))}); name one of them or leave it empty"
+            )
         return InProcessQueue(
-            load_engines(settings),
+            engines,
             max_queue=settings.max_queue,
             max_batch_size=settings.max_batch_size,
             max_wait_ms=settings.max_wait_ms,

@@ -271,7 +271,10 @@ class RedisQueue:
                 for frame in await self._listener.lpop(key, REPLY_DRAIN) or []:
                     self._deliver(frame)
                 backoff.reset()
-            except redis.RedisError as exc:
+            except Exception as exc:
+                # Anything, not only RedisError: if this task ended, every later request would wait for
+                # its deadline while /readyz stays green. Replies popped in flight may be lost, so the
+                # waiting callers are released with a 503 rather than left to time out.
                 failed = self._pending.fail_all(BackendUnavailable(f"lost the queue: {self._describe(exc)}"))
                 delay = backoff.next()
                 log.warning(
@@ -279,6 +282,7 @@ class RedisQueue:
                     self._describe(exc),
                     failed,
                     delay,
+                    exc_info=not isinstance(exc, redis.RedisError),
                 )
                 await asyncio.sleep(delay)
 
