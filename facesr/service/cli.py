@@ -219,6 +219,7 @@ def worker(
             claim_idle_ms=settings.claim_idle_ms,
             heartbeat_ttl_s=settings.heartbeat_ttl_s,
             reply_ttl_s=settings.reply_ttl_s,
+            batch_timeout_s=settings.batch_timeout_s,
             metrics_port=settings.metrics_port or None,
         )
     except (StartupError, WorkerStartupError) as error:

@@ -16,8 +16,9 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Literal
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -29,6 +30,7 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+from prometheus_client.metrics_core import Metric
 
 log = logging.getLogger(__name__)
 
@@ -128,14 +130,70 @@ def multiprocess_dir() -> str | None:
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
 
 
-def render_latest() -> tuple[bytes, str]:
-    """(body, content type) for a ``/metrics`` response; aggregates all processes in multiprocess mode."""
+API_METRICS = (
+    HTTP_REQUESTS,
+    REQUEST_DURATION,
+    REJECTED,
+    REQUEST_FAILURES,
+    INFLIGHT_REQUESTS,
+    QUEUE_DEPTH,
+    LATE_REPLIES,
+)
+WORKER_METRICS = (
+    QUEUE_WAIT,
+    BATCH_SIZE,
+    BATCHES,
+    INFERENCES,
+    COMPUTE_SECONDS,
+    REDELIVERED,
+    DEAD_LETTERED,
+    EXPIRED,
+    CANCELLED,
+    ITEM_ERRORS,
+    OOM_SPLITS,
+    GPU_MEMORY,
+    WORKER_READY,
+    MODEL_INFO,
+)
+# What a scrape target exposes: the API process in Redis mode only API metrics and a worker only worker
+# metrics (a process's never-used families would read as zeros, e.g. "facesr_worker_ready 0" on the API);
+# the embedded mode runs both in one process. Process and runtime metrics are always included.
+Scope = Literal["api", "worker", "all"]
+
+
+def _family_names(collectors: tuple[Any, ...]) -> frozenset[str]:
+    return frozenset(family.name for collector in collectors for family in collector.describe())
+
+
+_LEFT_OUT: dict[str, frozenset[str]] = {
+    "api": _family_names(WORKER_METRICS),
+    "worker": _family_names(API_METRICS),
+    "all": frozenset(),
+}
+
+
+class _Without:
+    """A collector showing what ``source`` collects except the families named in ``left_out``."""
+
+    def __init__(self, source: CollectorRegistry, left_out: frozenset[str]) -> None:
+        self.source = source
+        self.left_out = left_out
+
+    def collect(self) -> Iterator[Metric]:
+        return (family for family in self.source.collect() if family.name not in self.left_out)
+
+
+def render_latest(scope: Scope = "all") -> tuple[bytes, str]:
+    """(body, content type) for a ``/metrics`` response of ``scope``; aggregates all processes in
+    multiprocess mode."""
+    if scope not in _LEFT_OUT:
+        raise ValueError(f"scope must be one of {sorted(_LEFT_OUT)}, got {scope!r}")
     path = multiprocess_dir()
-    if path is None:
-        return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
-    registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry, path=path)
-    return generate_latest(registry), CONTENT_TYPE_LATEST
+    registry = REGISTRY
+    if path is not None:
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=path)
+    return generate_latest(_Without(registry, _LEFT_OUT[scope])), CONTENT_TYPE_LATEST  # type: ignore[arg-type]
 
 
 def mark_process_dead(pid: int) -> None:
@@ -162,7 +220,7 @@ class _MetricsHandler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
         if path == "/metrics":
-            body, content_type = render_latest()
+            body, content_type = render_latest("worker")
             self._send(200, body, content_type)
         elif path == "/healthz":
             self._send(200, b"ok\n", "text/plain; charset=utf-8")

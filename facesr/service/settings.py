@@ -93,6 +93,13 @@ class ServiceSettings(BaseSettings):
     heartbeat_ttl_s: float = Field(
         10.0, ge=1, le=600, description="A worker silent this long stops counting as ready (Redis mode, s)."
     )
+    batch_timeout_s: float = Field(
+        60.0,
+        ge=1,
+        le=3_600,
+        description="A batch running longer than this marks its worker stalled: not ready, and its jobs "
+        "are taken over by other workers (s).",
+    )
     reply_ttl_s: float = Field(
         120.0, gt=0, le=86_400, description="Lifetime of an unread reply list in Redis (s)."
     )

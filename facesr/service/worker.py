@@ -13,6 +13,11 @@ The loop (B = ``max_batch_size``, W = ``max_wait_ms``)::
 SIGTERM (or :meth:`Worker.stop`) stops reading; the batch in hand is finished and acknowledged before
 ``run`` returns. A lost queue backend is retried with jittered exponential backoff, never a crash.
 
+Stall watchdog: a batch running longer than ``batch_timeout_s`` (a model call that never returns) makes the
+heartbeat thread log an error, report the worker not ready and withdraw its heartbeat, and stop refreshing
+its in-flight jobs, so other workers take them over. Should the batch finish after all, the worker
+answers it (a second answer is dropped as late by the API) and reports ready again.
+
 From the command line: ``python -m facesr.service.worker --redis-url redis://... --checkpoint m.safetensors``.
 """
 
@@ -135,6 +140,7 @@ class Worker:
         heartbeat_interval_s: float = 2.0,
         heartbeat_ttl_s: float = 10.0,
         maintenance_interval_s: float = 1.0,
+        batch_timeout_s: float = 60.0,
         worker_id: str | None = None,
     ) -> None:
         if not engines:
@@ -145,6 +151,8 @@ class Worker:
             raise ValueError(f"max_wait_ms must be >= 0, got {max_wait_ms}")
         if heartbeat_ttl_s <= heartbeat_interval_s:
             raise ValueError("heartbeat_ttl_s must exceed heartbeat_interval_s, or readiness would flap")
+        if batch_timeout_s <= 0:
+            raise ValueError(f"batch_timeout_s must be > 0, got {batch_timeout_s}")
         self.engines = dict(engines)
         self.source = source
         self.max_batch_size = max_batch_size
@@ -153,11 +161,14 @@ class Worker:
         self.heartbeat_interval_s = heartbeat_interval_s
         self.heartbeat_ttl_s = heartbeat_ttl_s
         self.maintenance_interval_s = maintenance_interval_s
+        self.batch_timeout_s = batch_timeout_s
         self.worker_id = worker_id or make_worker_id()
         self._stop = threading.Event()
         self._ready = False
         self._lock = threading.Lock()
         self._in_flight: list[Delivery] = []
+        self._batch_started = 0.0  # monotonic start of the batch in flight
+        self._stalled = False  # set by the heartbeat thread while a batch overruns batch_timeout_s
         self._throughput = 0.0
         self._batches = 0
         self._inferences = 0
@@ -174,8 +185,8 @@ class Worker:
         return self._throughput
 
     def is_ready(self) -> bool:
-        """True once every batch size is warmed and until the loop stops."""
-        return self._ready and not self._stop.is_set()
+        """True once every batch size is warmed and until the loop stops, except while a batch is stalled."""
+        return self._ready and not self._stop.is_set() and not self._stalled
 
     def info(self) -> WorkerInfo:
         """The heartbeat payload."""
@@ -274,6 +285,7 @@ class Worker:
         """Answer every delivery of ``batch`` (all of one model) and acknowledge them."""
         with self._lock:
             self._in_flight = list(batch)
+            self._batch_started = time.monotonic()
         try:
             answered = self._answer(batch)
             started = time.perf_counter()
@@ -424,8 +436,34 @@ class Worker:
         self._ready = ready
         metrics.WORKER_READY.set(1 if ready else 0)
 
+    def _watch_for_stall(self) -> bool:
+        """True while the batch in flight has run longer than ``batch_timeout_s``; acts on each change."""
+        with self._lock:
+            running_s = time.monotonic() - self._batch_started if self._in_flight else 0.0
+            size = len(self._in_flight)
+        stalled = running_s > self.batch_timeout_s
+        if stalled and not self._stalled:
+            self._stalled = True
+            metrics.WORKER_READY.set(0)
+            log.error(
+                "STALLED: a batch of %d job(s) has run for %.1f s (FACESR_BATCH_TIMEOUT_S=%g); reporting "
+                "not ready and withdrawing the heartbeat so other workers take its jobs over. The model "
+                "call may be hung: restart this worker",
+                size,
+                running_s,
+                self.batch_timeout_s,
+            )
+            self.source.withdraw()
+        elif not stalled and self._stalled:
+            self._stalled = False
+            metrics.WORKER_READY.set(1 if self.is_ready() else 0)
+            log.warning("the stalled batch finished; worker %s reports ready again", self.worker_id)
+        return stalled
+
     def _send_heartbeat(self) -> None:
         try:
+            if self._watch_for_stall():
+                return  # no heartbeat, no keep-alive: its jobs become claimable
             self.source.heartbeat(self.info(), self.heartbeat_ttl_s)
             with self._lock:
                 in_flight = list(self._in_flight)
@@ -489,6 +527,7 @@ def run_redis_worker(
     claim_idle_ms: int = 30_000,
     heartbeat_ttl_s: float = 10.0,
     reply_ttl_s: float = 60.0,
+    batch_timeout_s: float = 60.0,
     warmup: WarmupMode = "all",
     metrics_port: int | None = None,
     metrics_host: str = "0.0.0.0",  # noqa: S104 - a scrape target inside a container network
@@ -534,6 +573,7 @@ def run_redis_worker(
             heartbeat_interval_s=min(heartbeat_ttl_s / 4, claim_idle_ms / 3000),
             heartbeat_ttl_s=heartbeat_ttl_s,
             maintenance_interval_s=max(0.2, claim_idle_ms / 4000),
+            batch_timeout_s=batch_timeout_s,
         )
         serving.append(worker)
         if on_ready is not None:
@@ -565,6 +605,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--claim-idle-ms", type=int, default=30_000)
     parser.add_argument("--heartbeat-ttl-s", type=float, default=10.0)
     parser.add_argument("--reply-ttl-s", type=float, default=60.0)
+    parser.add_argument("--batch-timeout-s", type=float, default=60.0, help="stall watchdog limit per batch")
     parser.add_argument("--warmup", choices=["all", "pow2"], default="all")
     parser.add_argument("--metrics-port", type=int, default=None, help="serve /metrics on this port")
     parser.add_argument("--log-level", default="INFO")
@@ -591,6 +632,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             claim_idle_ms=args.claim_idle_ms,
             heartbeat_ttl_s=args.heartbeat_ttl_s,
             reply_ttl_s=args.reply_ttl_s,
+            batch_timeout_s=args.batch_timeout_s,
             warmup=args.warmup,
             metrics_port=args.metrics_port,
         )

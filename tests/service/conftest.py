@@ -1,8 +1,9 @@
 """Fixtures for the service tests: a tiny model, live API servers on both backends, image factories.
 
 Every API test talks HTTP to a real uvicorn server on a free port (in a thread of the test process),
-backed either by the embedded in-process queue or by Redis with a real worker thread. Worker and API
-share this process, so `/metrics` shows the worker's numbers too.
+backed either by the embedded in-process queue or by Redis with a real worker thread. In Redis mode the
+API's `/metrics` shows only API metrics, as in production, so `scrape` adds what the worker thread would
+expose on its own endpoint.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from facesr.model.checkpoint import ModelCard, save_checkpoint
 from facesr.model.config import DICConfig
 from facesr.model.generator import DICGenerator
 from facesr.model.inference import FaceSR
+from facesr.service import metrics
 from facesr.service.api import create_app
 from facesr.service.queue.memory_backend import InProcessQueue
 from facesr.service.queue.redis_backend import RedisQueue
@@ -204,11 +206,15 @@ class RunningService:
 
 
 def scrape(service: RunningService) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Every sample of /metrics keyed by (sample name, sorted labels)."""
+    """Every sample of the service's scrape targets keyed by (sample name, sorted labels): the API's
+    /metrics, plus in Redis mode the worker's exposition (its thread shares this process's registry)."""
     response = service.client.get("/metrics")
     assert response.status_code == 200
+    text = response.text
+    if service.kind == "redis":
+        text += metrics.render_latest("worker")[0].decode()
     samples = {}
-    for family in text_string_to_metric_families(response.text):
+    for family in text_string_to_metric_families(text):
         for sample in family.samples:
             samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
     return samples

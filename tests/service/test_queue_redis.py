@@ -6,6 +6,7 @@ Every test uses its own key prefix on the session's redis-server. Workers run th
 from __future__ import annotations
 
 import asyncio
+import signal
 import threading
 import time
 import uuid
@@ -372,6 +373,48 @@ def test_redis_outage_fails_fast_and_everything_recovers_after_restart(
         assert worker.is_ready()
 
 
+def test_a_frozen_redis_is_answered_at_once_after_the_first_timeout(
+    redis_server, redis_url: str, prefix: str
+) -> None:
+    """SIGSTOP: connections are accepted but nothing answers, so every command would wait its timeout."""
+
+    async def timed(call) -> float:
+        started = time.monotonic()
+        await call
+        return time.monotonic() - started
+
+    async def refused_submit(queue: RedisQueue, rid: str) -> None:
+        with pytest.raises(BackendUnavailable):
+            await queue.submit(job(rid))
+
+    async def scenario() -> None:
+        async with api_queue(redis_url, prefix, command_timeout_s=1.0) as queue:
+            assert (await queue.status()).reachable
+            redis_server.process.send_signal(signal.SIGSTOP)
+            try:
+                assert not (await queue.status()).reachable  # waits out one command timeout
+                waits = []
+                for attempt in range(20):  # 2 s: two re-checks, each one PING of at most 0.5 s
+                    waits.append(await timed(refused_submit(queue, f"frozen-{attempt}")))
+                    started = time.monotonic()
+                    assert not (await queue.status()).reachable
+                    waits.append(time.monotonic() - started)
+                    await asyncio.sleep(0.1)
+                assert max(waits) < 0.7, "nothing may wait out the 1 s command timeout again"
+                assert sum(wait > 0.1 for wait in waits) <= 3, f"only the re-checks may wait: {waits}"
+            finally:
+                redis_server.process.send_signal(signal.SIGCONT)
+            deadline = time.monotonic() + 5
+            while not (await queue.status()).reachable:
+                assert time.monotonic() < deadline, "the queue did not notice that Redis answers again"
+                await asyncio.sleep(0.1)
+            future = await queue.submit(job("thawed"))  # admitted (no worker here to answer it)
+            assert not future.done()
+
+    run(scenario(), timeout=60)
+    assert stream_length(redis_url, prefix) == 1
+
+
 def test_the_reply_dispatcher_survives_an_unexpected_error(
     redis_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -465,4 +508,131 @@ def test_entries_read_but_not_started_are_handed_back_on_exit(redis_url: str, pr
     rest = taking_over.next_batch(4, 0.01, threading.Event())
     taking_over.close()
     assert sorted(d.request_id for d in [*first, *rest]) == ["r0", "r1", "r2"]
-    assert all(d.attempt == 2 for d in rest)
+    assert all(d.attempt == 1 for d in rest)  # a graceful hand-back is not a failed delivery
+
+
+def test_rolling_restarts_never_dead_letter_a_handed_back_job(redis_url: str, prefix: str) -> None:
+    """Each worker reads the job, is stopped before starting it and hands it back; with max_deliveries=1
+    any counted hand-back would dead-letter it."""
+    keys = Keys(prefix)
+    with redis.Redis.from_url(redis_url) as client:
+        for model in (MODEL, "other"):
+            client.xgroup_create(keys.jobs(model), GROUP, id="0", mkstream=True)
+        client.xadd(keys.jobs(MODEL), encode_job(job("started"), "api"))
+        client.xadd(keys.jobs("other"), encode_job(job("waiting", model="other"), "api"))
+
+    first = RedisJobSource(redis_url, prefix=prefix, max_deliveries=1, claim_idle_ms=600_000)
+    first.open("restart-0", [MODEL, "other"])
+    started = first.next_batch(4, 0.01, threading.Event())  # the other model's job waits in hand
+    assert [d.request_id for d in started] == ["started"]
+    first.finish([(d, JobResult(request_id=d.request_id, ok=True)) for d in started])
+    first.close()
+    for restart in range(1, 5):
+        source = RedisJobSource(redis_url, prefix=prefix, max_deliveries=1, claim_idle_ms=600_000)
+        source.open(f"restart-{restart}", [MODEL, "other"])
+        source.maintain()  # takes the handed-back job into its hand, then leaves (SIGTERM) before starting it
+        source.close()
+    last = RedisJobSource(redis_url, prefix=prefix, max_deliveries=1, claim_idle_ms=600_000)
+    last.open("last", [MODEL, "other"])
+    last.maintain()
+    served = last.next_batch(4, 0.01, threading.Event())
+    last.finish([(d, JobResult(request_id=d.request_id, ok=True)) for d in served])
+    last.close()
+    assert [(d.request_id, d.attempt) for d in served] == [("waiting", 1)]
+    with redis.Redis.from_url(redis_url) as client:
+        assert client.xlen(keys.dead) == 0
+
+
+# -- workers that vanish -------------------------------------------------------------------------------
+def test_jobs_of_a_worker_whose_heartbeat_expired_are_taken_over_before_claim_idle(
+    redis_url: str, prefix: str, engine: FaceSR
+) -> None:
+    keys = Keys(prefix)
+    redelivered_before = metric("facesr_redelivered_total")
+
+    def a_worker_reads_it_and_dies() -> None:
+        with redis.Redis.from_url(redis_url) as client:  # no heartbeat key: it died over a TTL ago
+            assert client.xreadgroup(GROUP, "vanished", {keys.jobs(MODEL): ">"}, count=1)
+
+    async def scenario() -> JobResult:
+        async with api_queue(redis_url, prefix) as queue:
+            future = await queue.submit(job("orphan", 3))
+            await asyncio.to_thread(a_worker_reads_it_and_dies)
+            # claim_idle_ms alone would leave the job alone for a minute, past the 10 s wait below.
+            with worker_thread(redis_url, prefix, engine, claim_idle_ms=60_000):
+                return await asyncio.wait_for(future, 10.0)
+
+    result = run(scenario())
+    assert result.ok and result.request_id == "orphan"
+    assert metric("facesr_redelivered_total") - redelivered_before == 1
+
+
+class HungEngine:
+    """Delegates to a real engine; once ``armed``, a model call blocks until ``release`` (a hung kernel)."""
+
+    def __init__(self, inner: FaceSR) -> None:
+        self.inner = inner
+        self.card, self.model_id = inner.card, inner.model_id
+        self.device, self.dtype = inner.device, inner.dtype
+        self.armed = False
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def enhance_tensor(self, lr: np.ndarray, *, return_steps: bool = False):
+        if self.armed:
+            self.entered.set()
+            self.release.wait(timeout=30)
+        return self.inner.enhance_tensor(lr, return_steps=return_steps)
+
+
+def test_jobs_of_a_stalled_worker_are_taken_over_by_a_live_one(
+    redis_url: str, prefix: str, engine: FaceSR
+) -> None:
+    hung = HungEngine(engine)
+
+    async def scenario() -> tuple[JobResult, bool]:
+        async with api_queue(redis_url, prefix) as queue:
+            with worker_thread(redis_url, prefix, hung, claim_idle_ms=60_000, batch_timeout_s=0.5) as stuck:
+                hung.armed = True
+                future = await queue.submit(job("stuck", 7))
+                assert await asyncio.to_thread(hung.entered.wait, 10.0)
+                try:
+                    with worker_thread(redis_url, prefix, engine, claim_idle_ms=60_000):
+                        result = await asyncio.wait_for(future, 10.0)  # long before claim_idle_ms
+                        ready_while_stuck = stuck.is_ready()
+                finally:
+                    hung.release.set()
+            return result, ready_while_stuck
+
+    result, ready_while_stuck = run(scenario())
+    assert result.ok and result.request_id == "stuck"
+    assert not ready_while_stuck
+
+
+def test_a_live_owner_keeps_its_jobs_and_racing_workers_take_an_orphan_once(
+    redis_url: str, prefix: str
+) -> None:
+    keys = Keys(prefix)
+    with redis.Redis.from_url(redis_url) as client:
+        client.xgroup_create(keys.jobs(MODEL), GROUP, id="0", mkstream=True)
+        client.xadd(keys.jobs(MODEL), encode_job(job("held"), "api"))
+        client.xadd(keys.jobs(MODEL), encode_job(job("orphaned", 1), "api"))
+        client.set(keys.heartbeat("alive"), b"{}", px=60_000)
+        assert client.xreadgroup(GROUP, "alive", {keys.jobs(MODEL): ">"}, count=1)
+        assert client.xreadgroup(GROUP, "dead", {keys.jobs(MODEL): ">"}, count=1)
+    time.sleep(1.2)  # both entries are now idle longer than the orphan claim's minimum
+
+    racers = []
+    for name in ("racer-a", "racer-b"):
+        source = RedisJobSource(redis_url, prefix=prefix, claim_idle_ms=600_000)
+        source.open(name, [MODEL])
+        racers.append(source)
+    for source in racers:
+        source.maintain()
+    taken = [[d.request_id for d in source._take_backlog(4)] for source in racers]
+    for source in racers:
+        source.close()
+    assert sorted(taken) == [[], ["orphaned"]]
+    with redis.Redis.from_url(redis_url) as client:
+        [held] = client.xpending_range(keys.jobs(MODEL), GROUP, "-", "+", 10, consumername="alive")
+        assert held["times_delivered"] == 1

@@ -100,7 +100,11 @@ class RecordingSource:
         self.events.append(("heartbeat", info.ready))
 
     def keep_alive(self, deliveries) -> None:
-        pass
+        if deliveries:
+            self.events.append(("keep_alive", len(deliveries)))
+
+    def withdraw(self) -> None:
+        self.events.append(("withdraw", None))
 
     def close(self, info: WorkerInfo | None = None) -> None:
         self.events.append(("close", None))
@@ -147,6 +151,57 @@ def test_heartbeat_reports_ready_only_after_every_batch_size_is_warmed(engine: F
     assert ("heartbeat", False) in events[:first_ready]  # alive but not ready while warming
     assert events[-1] == ("close", None)
     assert metric("facesr_worker_ready") == 0  # cleared on exit
+
+
+class HangsWhenArmed(WrappedEngine):
+    """A model call that does not return until ``release`` is set (a hung kernel, a deadlocked driver)."""
+
+    def __init__(self, inner: FaceSR, events: list) -> None:
+        super().__init__(inner, events)
+        self.release = threading.Event()
+
+    def check(self, lr: np.ndarray) -> None:
+        self.release.wait(timeout=30)
+
+
+def wait_for(predicate, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
+
+
+def test_a_stalled_batch_withdraws_the_worker_until_it_finishes(engine: FaceSR) -> None:
+    events: list = []
+    source = RecordingSource(events)
+    hanging = HangsWhenArmed(engine, events)
+    worker = Worker(
+        {MODEL: hanging}, source, max_batch_size=1, heartbeat_interval_s=0.05, batch_timeout_s=0.3
+    )
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        wait_for(worker.is_ready, 30)
+        hanging.armed = True
+        source.batches.append(deliveries([face(1)]))
+        wait_for(lambda: ("withdraw", None) in events)
+        withdrawn = events.index(("withdraw", None))
+        assert ("keep_alive", 1) in events[:withdrawn]  # refreshed while within the limit
+        assert not worker.is_ready() and metric("facesr_worker_ready") == 0
+        time.sleep(0.3)  # six heartbeat periods: the stalled worker neither beats nor keeps its job
+        assert not [e for e in events[withdrawn + 1 :] if e[0] in ("heartbeat", "keep_alive")]
+        assert events.count(("withdraw", None)) == 1  # logged and withdrawn once, not every beat
+
+        hanging.release.set()  # the call returns after all: answered, and ready again
+        wait_for(lambda: len(source.finished) == 1)
+        wait_for(worker.is_ready)
+        wait_for(lambda: ("heartbeat", True) in events[withdrawn:])
+        assert source.finished[0][1].ok
+    finally:
+        hanging.release.set()
+        worker.stop()
+        thread.join(10)
+    assert not thread.is_alive()
 
 
 def test_oom_splits_the_batch_and_every_item_still_gets_its_face(engine: FaceSR) -> None:

@@ -136,7 +136,9 @@ def test_worker_endpoint_serves_metrics_health_and_readiness() -> None:
     try:
         with urllib.request.urlopen(f"{base}/metrics", timeout=5) as response:
             assert response.status == 200
-            assert "facesr_batches_total" in response.read().decode()
+            exposed = families(response.read().decode())
+        assert set(WORKER_FAMILIES) <= set(exposed)
+        assert not set(API_FAMILIES) & set(exposed), "a worker target must not expose the API's metrics"
         with urllib.request.urlopen(f"{base}/healthz", timeout=5) as response:
             assert response.status == 200
         with pytest.raises(urllib.error.HTTPError) as not_ready:

@@ -64,6 +64,7 @@ def build_backend(settings: ServiceSettings) -> QueueBackend:
             max_queue=settings.max_queue,
             max_batch_size=settings.max_batch_size,
             max_wait_ms=settings.max_wait_ms,
+            batch_timeout_s=settings.batch_timeout_s,
         )
     from facesr.service.queue.redis_backend import RedisQueue
 

@@ -131,6 +131,9 @@ class MemoryJobSource:
     def keep_alive(self, deliveries: Sequence[Delivery]) -> None:
         """Nothing to refresh in one process."""
 
+    def withdraw(self) -> None:
+        """Nothing to withdraw: readiness comes from the worker itself, and no other worker could help."""
+
     def close(self, info: WorkerInfo | None = None) -> None:
         with self._cond:
             self.closed = True
@@ -146,6 +149,7 @@ class InProcessQueue:
         engines: model name -> engine (e.g. ``FaceSR``); see :meth:`from_checkpoints`.
         max_queue: jobs waiting or computing before QueueFull.
         max_batch_size, max_wait_ms, warmup: the worker's batching knobs.
+        batch_timeout_s: the worker's stall watchdog limit (see :class:`~facesr.service.worker.Worker`).
     """
 
     def __init__(
@@ -156,6 +160,7 @@ class InProcessQueue:
         max_batch_size: int = 8,
         max_wait_ms: float = 5.0,
         warmup: str = "all",
+        batch_timeout_s: float = 60.0,
     ) -> None:
         from facesr.service.worker import Worker  # the worker module imports this package
 
@@ -170,6 +175,7 @@ class InProcessQueue:
             warmup=warmup,  # type: ignore[arg-type]
             heartbeat_interval_s=1.0,
             heartbeat_ttl_s=5.0,
+            batch_timeout_s=batch_timeout_s,
         )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pending: PendingReplies | None = None

@@ -9,9 +9,12 @@ delete what they acknowledge) with ``max_queue`` and only then adds the job, so 
 cannot overshoot the bound. A full queue raises :class:`QueueFull` with a retry-after estimated from the
 workers' advertised throughput.
 
-When Redis goes away, ``submit`` fails fast with :class:`BackendUnavailable` (no retries beyond one quick
-attempt) and futures still waiting are failed with it too, since their replies may be lost; the dispatcher
-reconnects with backoff and the next ``submit`` after Redis is back simply works.
+When Redis goes away, ``submit`` fails fast with :class:`BackendUnavailable` (one quick retry after a
+dropped connection, none after a timeout) and futures still waiting are failed with it too, since their
+replies may be lost; the dispatcher reconnects with backoff and the next ``submit`` after Redis is back
+simply works. A Redis that stops answering (frozen, not down) costs one command timeout: after that the
+process remembers it as unreachable, so ``submit`` and ``status`` answer at once, and one caller at a time
+probes it with a short PING every ``UNREACHABLE_RECHECK_S``.
 """
 
 from __future__ import annotations
@@ -56,6 +59,8 @@ return {1, redis.call('XADD', KEYS[1], '*', unpack(ARGV, 3))}
 """
 
 REPLY_BLOCK_S = 1  # BLPOP timeout; well under the dispatcher connection's socket timeout
+UNREACHABLE_RECHECK_S = 1.0  # after a connection failure or timeout, ask Redis again only this much later
+PROBE_TIMEOUT_S = 0.5  # the PING that decides whether Redis is back
 REPLY_DRAIN = 256  # replies taken per LPOP after a BLPOP wakes up
 MAX_REQUEST_ID = 200
 MAX_MODELS_TRACKED = 256
@@ -106,6 +111,9 @@ class RedisQueue:
         self._models_seen: set[str] = set()
         self._closing = False
         self._throughput = (0.0, 0.0)  # (faces/s of ready workers, when measured)
+        self._outage: str | None = None  # why Redis is known unreachable; None while it answers
+        self._recheck_at = 0.0  # monotonic time of the next probe during an outage
+        self._probing = False
 
     # -- lifecycle -----------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -117,7 +125,10 @@ class RedisQueue:
             "socket_connect_timeout": self.connect_timeout_s,
             "socket_keepalive": True,
             "health_check_interval": 10,
-            "retry": Retry(ExponentialBackoff(cap=0.05, base=0.01), 1),
+            # A dropped connection is worth one quick retry; a timeout is not (it would only double the wait).
+            "retry": Retry(
+                ExponentialBackoff(cap=0.05, base=0.01), 1, supported_errors=(redis.ConnectionError,)
+            ),
         }
         self._client = aredis.Redis.from_url(self.url, socket_timeout=self.command_timeout_s, **common)
         self._listener = aredis.Redis.from_url(
@@ -154,6 +165,7 @@ class RedisQueue:
         if job.deadline <= time.time():
             return resolved_future(JobResult.failure(job.request_id, "expired", EXPIRED_BEFORE_QUEUEING))
         fields = encode_job(job, self.api_id)
+        await self._ensure_reachable(client)
         future = pending.add(job.request_id, job.deadline)  # before XADD: a fast reply must find it
         args: list[Any] = [self.max_queue, GROUP]
         for name, value in fields.items():
@@ -162,6 +174,7 @@ class RedisQueue:
             admitted, value = await self._admit(keys=[stream], args=args, client=client)
         except redis.RedisError as exc:
             pending.forget(job.request_id)
+            self._note_failure(exc)
             raise BackendUnavailable(f"cannot queue the job: {self._describe(exc)}") from exc
         except BaseException:
             pending.forget(job.request_id)
@@ -182,6 +195,10 @@ class RedisQueue:
     async def status(self) -> BackendStatus:
         _, client = self._require_started()
         try:
+            await self._ensure_reachable(client)
+        except BackendUnavailable as exc:
+            return BackendStatus(False, 0, {}, 0, str(exc))
+        try:
             workers = await self._workers(client)
             ready = [w for w in workers if w.get("ready")]
             models: dict[str, dict] = {}
@@ -197,6 +214,7 @@ class RedisQueue:
                     pipe.xlen(self.keys.jobs(name))
                 depth = sum(int(n) for n in await pipe.execute())
         except redis.RedisError as exc:
+            self._note_failure(exc)
             return BackendStatus(False, 0, {}, 0, f"redis unreachable: {self._describe(exc)}")
         self._throughput = (sum(float(w.get("throughput") or 0.0) for w in ready), time.monotonic())
         warming = len(workers) - len(ready)
@@ -208,6 +226,34 @@ class RedisQueue:
         if self._pending is None or self._client is None:
             raise BackendUnavailable("the queue client is not started (call start() in the event loop)")
         return self._pending, self._client
+
+    async def _ensure_reachable(self, client: aredis.Redis) -> None:
+        """Return at once while Redis answers; during a known outage raise :class:`BackendUnavailable`
+        without waiting, except for one caller per ``UNREACHABLE_RECHECK_S``, which probes it."""
+        if self._outage is None:
+            return
+        if self._probing or time.monotonic() < self._recheck_at:
+            raise BackendUnavailable(f"redis unreachable (checking again shortly): {self._outage}")
+        self._probing = True
+        try:
+            await asyncio.wait_for(client.ping(), PROBE_TIMEOUT_S)
+        except (redis.RedisError, TimeoutError) as exc:
+            self._note_failure(exc)
+            raise BackendUnavailable(f"redis unreachable: {self._outage}") from exc
+        finally:
+            self._probing = False
+        log.info("redis at %s answers again", self.url.split("@")[-1])
+        self._outage = None
+
+    def _note_failure(self, exc: BaseException) -> None:
+        """Remember a Redis that did not answer; errors Redis itself replied with do not count."""
+        if isinstance(exc, (redis.ConnectionError, redis.TimeoutError, TimeoutError)):
+            if self._outage is None:
+                log.warning(
+                    "redis unreachable, answering 'unavailable' without waiting: %s", self._describe(exc)
+                )
+            self._outage = self._describe(exc)
+            self._recheck_at = time.monotonic() + UNREACHABLE_RECHECK_S
 
     def _describe(self, exc: BaseException) -> str:
         return f"redis at {self.url.split('@')[-1]}: {type(exc).__name__}: {exc}"

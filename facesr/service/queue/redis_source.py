@@ -1,12 +1,15 @@
 """The worker's side of the Redis queue: consumer-group reads, replies, acknowledgements, reclaiming.
 
 Delivery guarantees: a job stays in its stream's pending list from XREADGROUP until the worker has pushed
-the reply and sent XACK + XDEL in one pipeline, so a worker that dies mid-batch loses nothing: after
-``claim_idle_ms`` without activity on an entry, any live worker takes it over with XAUTOCLAIM. Live workers
-refresh the idle time of the entries they hold from their heartbeat thread (XCLAIM ... JUSTID, which does
-not count as a delivery), so a slow batch is never taken over while its worker is alive. An entry delivered
-more than ``max_deliveries`` times (it keeps killing workers) goes to the dead-letter stream and its caller
-gets a ``dead_letter`` error instead of waiting until its deadline.
+the reply and sent XACK + XDEL in one pipeline, so a worker that dies mid-batch loses nothing: as soon as
+its heartbeat key has expired, any live worker takes its entries over (XCLAIM with a short minimum idle
+time, which also settles races between several live workers); failing that, after ``claim_idle_ms``
+without activity on an entry, with XAUTOCLAIM. Live workers refresh the idle time of the entries they hold
+from their heartbeat thread (XCLAIM ... JUSTID, which does not count as a delivery), so a slow batch is
+never taken over while its worker is alive. An entry delivered more than ``max_deliveries`` times (it keeps
+killing workers) goes to the dead-letter stream and its caller gets a ``dead_letter`` error instead of
+waiting until its deadline. A worker leaving on SIGTERM hands back the entries it had not started with
+their delivery count lowered by one, so rolling restarts never push a healthy job towards the dead letters.
 
 Every Redis failure surfaces as :class:`BackendUnavailable`; the worker loop backs off and retries. After
 a reconnect the consumer first re-reads the entries it already owns (XREADGROUP ... 0), and recreates
@@ -43,6 +46,26 @@ log = logging.getLogger(__name__)
 Handle = tuple[str, str]  # (stream key, entry id)
 TOP_UP_POLL_S = 0.0005  # pause between non-blocking reads while a batch is being collected
 RELEASED_IDLE_MS = 24 * 3600 * 1000  # idle time given to entries handed back on exit
+# Entries of a consumer whose heartbeat has expired are taken over once idle this long. Not 0: the first
+# worker to claim one resets its idle time, so the others racing for it in the same instant get nothing.
+ORPHAN_MIN_IDLE_MS = 1_000
+
+# KEYS[1] = job stream; ARGV[1] = group, ARGV[2] = leaving consumer, ARGV[3] = idle ms, ARGV[4..] = entry ids.
+# Makes each entry the consumer still owns claimable at once and takes back the delivery it was counted
+# for (RETRYCOUNT), all in one atomic step: a graceful hand-back is not a failed delivery. Returns how many.
+_HAND_BACK = """
+local handed = 0
+for i = 4, #ARGV do
+  local row = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1, ARGV[2])[1]
+  if row then
+    local count = math.max(0, tonumber(row[4]) - 1)
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i],
+               'IDLE', ARGV[3], 'RETRYCOUNT', count, 'JUSTID')
+    handed = handed + 1
+  end
+end
+return handed
+"""
 
 
 def _text(value: bytes | str) -> str:
@@ -126,13 +149,13 @@ class RedisJobSource:
             unstarted, self._backlog = list(self._backlog), deque()
         try:
             with self._errors():
+                # Before the heartbeat goes: once it has, other workers may take these over themselves.
+                hand_back = self._client.register_script(_HAND_BACK)
+                for stream, ids in _ids_by_stream(d.handle for d in unstarted).items():
+                    hand_back(keys=[stream], args=[GROUP, self.consumer, RELEASED_IDLE_MS, *ids])
                 pipe = self._client.pipeline(transaction=False)
                 pipe.delete(self.keys.heartbeat(self.consumer))
                 pipe.zrem(self.keys.workers, self.consumer)
-                for stream, ids in _ids_by_stream(d.handle for d in unstarted).items():
-                    # Backdating their delivery time makes them claimable by other workers right away
-                    # (JUSTID: not counted as another delivery).
-                    pipe.xclaim(stream, GROUP, self.consumer, 0, ids, idle=RELEASED_IDLE_MS, justid=True)
                 pipe.execute()
                 for stream in self._streams:
                     mine = self._client.xpending_range(stream, GROUP, "-", "+", 1, consumername=self.consumer)
@@ -310,7 +333,9 @@ class RedisJobSource:
                 self._next_consumer_gc = time.monotonic() + min(60.0, self.consumer_gc_s)
 
     def _reclaim(self, stream: str) -> None:
+        """Take over entries of departed consumers first, then any entry idle for ``claim_idle_ms``."""
         try:
+            orphans = self._claim_orphans(stream)
             response = self.client.xautoclaim(
                 stream, GROUP, self.consumer, self.claim_idle_ms, start_id="0-0", count=self.max_batch_size
             )
@@ -319,8 +344,9 @@ class RedisJobSource:
                 self._ensure_groups()
                 return
             raise
-        claimed = [(_text(eid), fields) for eid, fields in response[1] if fields]
-        gone = [(stream, _text(eid)) for eid, fields in response[1] if not fields]
+        entries = [*orphans, *response[1]]
+        claimed = [(_text(eid), fields) for eid, fields in entries if fields]
+        gone = [(stream, _text(eid)) for eid, fields in entries if not fields]
         gone += [(stream, _text(eid)) for eid in (response[2] if len(response) > 2 else [])]
         if gone:
             self._ack(gone)
@@ -334,9 +360,51 @@ class RedisJobSource:
         if exhausted:
             self._dead_letter(exhausted)
         if retried:
-            metrics.REDELIVERED.inc(len(retried))
-            log.warning("took over %d job(s) from unresponsive workers on %s", len(retried), stream)
+            # Attempt 1 after a claim: handed back unstarted by a worker that left (not a redelivery).
+            redelivered = sum(1 for d, _ in retried if d.attempt > 1)
+            if redelivered:
+                metrics.REDELIVERED.inc(redelivered)
+                log.warning("took over %d job(s) from unresponsive workers on %s", redelivered, stream)
+            if redelivered < len(retried):
+                log.info(
+                    "took %d job(s) handed back by a departing worker on %s",
+                    len(retried) - redelivered,
+                    stream,
+                )
             self._adopt([d for d, _ in retried])
+
+    def _claim_orphans(self, stream: str) -> list[Any]:
+        """XCLAIM entries owned by consumers whose heartbeat key is gone, without waiting ``claim_idle_ms``.
+
+        Counts as a delivery (the owner died holding them). Each consumer is checked in one round trip
+        (EXISTS); at most ``max_batch_size`` entries are taken per pass, like XAUTOCLAIM.
+        """
+        summary = self.client.xpending(stream, GROUP)
+        owners = [
+            _text(row["name"])
+            for row in summary.get("consumers") or []
+            if _text(row["name"]) != self.consumer and int(row["pending"]) > 0
+        ]
+        if not owners:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for owner in owners:
+            pipe.exists(self.keys.heartbeat(owner))
+        departed = [owner for owner, alive in zip(owners, pipe.execute(), strict=True) if not alive]
+        claimed: list[Any] = []
+        for owner in departed:
+            room = self.max_batch_size - len(claimed)
+            if room <= 0:
+                break
+            rows = self.client.xpending_range(
+                stream, GROUP, "-", "+", room, consumername=owner, idle=ORPHAN_MIN_IDLE_MS
+            )
+            if not rows:
+                continue
+            ids = [_text(row["message_id"]) for row in rows]
+            claimed += self.client.xclaim(stream, GROUP, self.consumer, ORPHAN_MIN_IDLE_MS, ids)
+            log.warning("worker %s has no heartbeat; taking over its %d pending job(s)", owner, len(ids))
+        return claimed
 
     def _delivery_counts(self, stream: str, entry_ids: list[str]) -> dict[str, int]:
         ordered = sorted(entry_ids, key=lambda e: tuple(int(p) for p in e.split("-")))
@@ -391,6 +459,14 @@ class RedisJobSource:
             pipe.set(self.keys.heartbeat(info.worker_id), payload, px=max(1, int(ttl_s * 1000)))
             pipe.zadd(self.keys.workers, {info.worker_id: expires})
             pipe.expire(self.keys.workers, max(60, int(ttl_s * 10)))
+            pipe.execute()
+
+    def withdraw(self) -> None:
+        """Delete the heartbeat: readiness drops at once and live workers take over what this one holds."""
+        with self._errors():
+            pipe = self.client.pipeline(transaction=False)
+            pipe.delete(self.keys.heartbeat(self.consumer))
+            pipe.zrem(self.keys.workers, self.consumer)
             pipe.execute()
 
     def keep_alive(self, deliveries: Sequence[Delivery]) -> None:

@@ -73,5 +73,8 @@ class JobSource(Protocol):
     def keep_alive(self, deliveries: Sequence[Delivery]) -> None:
         """Mark in-flight entries as still being worked on, so nobody takes them over."""
 
+    def withdraw(self) -> None:
+        """Stop advertising this worker now (it stalled): not ready, and its jobs free to be taken over."""
+
     def close(self, info: WorkerInfo | None = None) -> None:
         """Withdraw the heartbeat and release connections."""

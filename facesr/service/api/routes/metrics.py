@@ -1,4 +1,7 @@
-"""GET /metrics: Prometheus text format (all processes aggregated in multiprocess mode)."""
+"""GET /metrics: Prometheus text format (all processes aggregated in multiprocess mode).
+
+The API's own metrics; in the embedded mode also the in-process worker's.
+"""
 
 from __future__ import annotations
 
@@ -16,5 +19,6 @@ async def prometheus_metrics(service: Service) -> Response:
     status = await service.status.get()
     if status.reachable:
         metrics.QUEUE_DEPTH.set(status.depth)
-    body, content_type = metrics.render_latest()
+    # In Redis mode the workers are other scrape targets: their families here would only be zeros.
+    body, content_type = metrics.render_latest("all" if service.settings.embedded else "api")
     return Response(body, media_type=content_type)
