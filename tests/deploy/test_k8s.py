@@ -14,6 +14,9 @@ from tests.deploy.durations import parse_duration
 from tests.deploy.k8s_validation import keda_errors
 from tests.deploy.settings_check import facesr_variables, settings_errors
 
+# The card name of the bundled checkpoint: the model whose job stream KEDA watches.
+SERVED_MODEL = "dic-small-300w"
+
 GRACE_MARGIN_S = 10.0
 API, WORKER, REDIS = "facesr-api", "facesr-worker", "facesr-redis"
 
@@ -199,9 +202,9 @@ def test_keda_watches_the_stream_and_group_the_workers_use() -> None:
     try:
         from facesr.service.queue.keys import GROUP, Keys
     except ImportError:  # the queue package is another engineer's; fall back to the documented contract
-        group, stream = "workers", f"{prefix}:jobs:default"
+        group, stream = "workers", f"{prefix}:jobs:{SERVED_MODEL}"
     else:
-        group, stream = GROUP, Keys(prefix).jobs("default")
+        group, stream = GROUP, Keys(prefix).jobs(SERVED_MODEL)
     for trigger in triggers:
         assert trigger["type"] == "redis-streams"
         assert trigger["metadata"]["consumerGroup"] == group
