@@ -199,12 +199,9 @@ def test_keda_watches_the_stream_and_group_the_workers_use() -> None:
     triggers = _scaled_object()["spec"]["triggers"]
     kinds = {key for t in triggers for key in ("lagCount", "pendingEntriesCount") if key in t["metadata"]}
     assert kinds == {"lagCount", "pendingEntriesCount"}, "scale up on lag, hold on pending entries"
-    try:
-        from facesr.service.queue.keys import GROUP, Keys
-    except ImportError:  # the queue package is another engineer's; fall back to the documented contract
-        group, stream = "workers", f"{prefix}:jobs:{SERVED_MODEL}"
-    else:
-        group, stream = GROUP, Keys(prefix).jobs(SERVED_MODEL)
+    from facesr.service.queue.keys import GROUP, Keys
+
+    group, stream = GROUP, Keys(prefix).jobs(SERVED_MODEL)
     for trigger in triggers:
         assert trigger["type"] == "redis-streams"
         assert trigger["metadata"]["consumerGroup"] == group
@@ -212,10 +209,11 @@ def test_keda_watches_the_stream_and_group_the_workers_use() -> None:
 
 
 def test_keda_stream_names_the_bundled_model() -> None:
-    if not sources.BUNDLED_CHECKPOINT.is_file():
-        pytest.skip("no bundled checkpoint yet: cannot read the served model's name")
-    checkpoint = pytest.importorskip("facesr.model.checkpoint")
-    name = checkpoint.load_checkpoint(sources.BUNDLED_CHECKPOINT).card.name
+    from facesr.model.checkpoint import read_card
+
+    assert sources.BUNDLED_CHECKPOINT.is_file(), "the package must bundle its default checkpoint"
+    name = read_card(sources.BUNDLED_CHECKPOINT).name
+    assert name == SERVED_MODEL
     for trigger in _scaled_object()["spec"]["triggers"]:
         assert trigger["metadata"]["stream"].endswith(f":jobs:{name}")
 
