@@ -70,19 +70,34 @@ def evaluate_command(
     batch_size: Annotated[int, typer.Option(min=1, max=1024)] = 16,
     grid: Annotated[int, typer.Option(min=0, help="faces shown in grid.png")] = 4,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N")] = "auto",
+    lr_kernel: Annotated[
+        str,
+        typer.Option(help="PIL filter making the 16x16 inputs: bicubic (the paper), bilinear, box, lanczos"),
+    ] = "bicubic",
+    lr_jpeg_quality: Annotated[
+        int | None, typer.Option(min=1, max=95, help="also JPEG-compress each 16x16 input at this quality")
+    ] = None,
 ) -> None:
     """Score a checkpoint on a test set: PSNR/SSIM (Y) per step vs bicubic, landmark NRMSE."""
     from facesr.model.errors import FaceSRError
     from facesr.model.inference import FaceSR
-    from facesr.train.evaluate import EvaluationError, evaluate, load_eval_dataset
+    from facesr.train.evaluate import Degradation, EvaluationError, evaluate, load_eval_dataset
     from facesr.train.landmark_detector import LandmarkDetectorError, OnnxLandmarkDetector
     from facesr.train.report import markdown_table, write_report
 
     try:
+        degradation = Degradation(kernel=lr_kernel, jpeg_quality=lr_jpeg_quality)
         dataset = load_eval_dataset(data, limit=limit)
         detector = OnnxLandmarkDetector(landmark_model) if landmark_model is not None else None
         engine = FaceSR.from_checkpoint(checkpoint, device=device, dtype="fp32")
-        evaluation = evaluate(engine, dataset, detector=detector, batch_size=batch_size, grid_images=grid)
+        evaluation = evaluate(
+            engine,
+            dataset,
+            detector=detector,
+            batch_size=batch_size,
+            grid_images=grid,
+            degradation=degradation,
+        )
     except (EvaluationError, LandmarkDetectorError, FaceSRError, ValueError) as error:
         raise _fail(str(error)) from error
     evaluation.model["checkpoint"] = str(checkpoint) if checkpoint is not None else "bundled default"
@@ -101,6 +116,20 @@ def train_command(
     resume: Annotated[
         bool, typer.Option(help="continue the run in the output directory from its training-state.pt")
     ] = False,
+    init: Annotated[
+        Path | None,
+        typer.Option(
+            help="start from the weights of this facesr checkpoint (weights only: a fresh optimiser and "
+            "schedule); sets init.weights of the config"
+        ),
+    ] = None,
+    init_alignment: Annotated[
+        Path | None,
+        typer.Option(
+            help="take the alignment branch from this facesr checkpoint (e.g. the best of an align run); "
+            "sets init.alignment of the config"
+        ),
+    ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda (torchrun: one GPU per process)")] = "auto",
     progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
     time_limit: Annotated[
@@ -108,7 +137,7 @@ def train_command(
         typer.Option(min=0.0, help="stop cleanly after this many minutes (validate, save, export final)"),
     ] = None,
 ) -> None:
-    """Train DIC or DICGAN (single process, or one process per GPU under torchrun)."""
+    """Train the alignment branch, DIC or DICGAN (one process, or one process per GPU under torchrun)."""
     from facesr.model.errors import FaceSRError
     from facesr.train.config import ConfigError, load_config
     from facesr.train.dataset import DatasetError
@@ -120,6 +149,10 @@ def train_command(
         raise _fail(f"--device must be auto, cpu or cuda, got {device!r}")
     try:
         train_config = load_config(config)
+        if init is not None or init_alignment is not None:
+            if resume:
+                raise ConfigError("--init starts a new run; --resume continues one from its own state")
+            train_config = train_config.with_init(weights=init, alignment=init_alignment)
         result = run_training(
             train_config,
             output,
@@ -131,7 +164,7 @@ def train_command(
     except (ConfigError, DatasetError, TrainingStateError, PerceptualWeightsError, FaceSRError) as error:
         raise _fail(str(error)) from error
     if result.final_checkpoint is not None:
-        typer.echo(f"step {result.step}: best val Y-PSNR {result.best_psnr_y:.2f} dB")
+        typer.echo(f"step {result.step}: best validation score {result.best_score:.4f}")
         if result.best_checkpoint is not None:
             typer.echo(f"best: {result.best_checkpoint}")
         typer.echo(f"final: {result.final_checkpoint}")

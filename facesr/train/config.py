@@ -101,11 +101,59 @@ class OptimSection(_Strict):
         return value
 
 
+HeatmapLossKind = Literal["mse", "foreground_mse", "adaptive_wing"]
+
+
 class LossSection(_Strict):
-    """Loss weights. Pixel and heatmap terms are summed over the steps (not averaged)."""
+    """Loss weights and the heatmap loss. Pixel and heatmap terms are summed over the steps.
+
+    `heatmap_kind`: `mse` is the authors' plain MSE; `foreground_mse` multiplies the squared error by
+    `foreground_weight` where the target exceeds `foreground_threshold` (so the empty map is no longer
+    a cheap solution); `adaptive_wing` is the Adaptive Wing loss (Wang et al., ICCV 2019) with the same
+    foreground weighting.
+    """
 
     pixel: float = Field(default=1.0, ge=0)
     heatmap: float = Field(default=0.1, ge=0)
+    heatmap_kind: HeatmapLossKind = "mse"
+    foreground_weight: float = Field(default=10.0, ge=1)
+    foreground_threshold: float = Field(default=0.1, gt=0, lt=1)
+
+
+class AlignmentSection(_Strict):
+    """The `align` stage: the recurrent hourglass trained alone, as the authors pre-train it.
+
+    Each face is unrolled over `unroll_steps` recurrent steps (default: the model's step count), the
+    hidden state carried from step to step as inside DIC. A `degraded_fraction` of the faces is shown
+    blurred (the bicubic 16x16 -> 128x128 round trip) at the first step, sharpening by a random amount
+    towards the HR face at the last step, the way early SR outputs look; the rest see the HR face.
+    The first `single_step_until` steps train the first recurrent step only (a quarter of the cost, and
+    the branch leaves the empty-heatmap solution there much sooner than through the full unroll).
+    """
+
+    degraded_fraction: float = Field(default=0.5, ge=0, le=1)
+    unroll_steps: int | None = Field(default=None, ge=1)
+    single_step_until: int = Field(default=0, ge=0)
+
+
+class InitSection(_Strict):
+    """Where a run's weights start (the DIC and align stages; `--init` on the command line sets `weights`).
+
+    weights: any facesr checkpoint with the run's model configuration (weights only: the optimiser,
+        schedule and step start fresh), e.g. the bundled default or the best checkpoint of earlier runs.
+    alignment: a facesr checkpoint whose alignment-branch (`HG.*`) weights replace the branch after
+        `weights` is loaded, e.g. the output of an `align` run.
+    """
+
+    weights: Path | None = None
+    alignment: Path | None = None
+
+    @field_validator("weights", "alignment")
+    @classmethod
+    def _check_exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"checkpoint not found: {value}")
+        return value
 
 
 class PerceptualSection(_Strict):
@@ -162,6 +210,7 @@ class TrainSection(_Strict):
     hg_frozen_until: int = Field(default=0, ge=0)
     ema_decay: float | None = Field(default=None, gt=0, lt=1)
     amp: bool = True
+    channels_last: bool = False
 
 
 class LoggingSection(_Strict):
@@ -175,13 +224,19 @@ class LoggingSection(_Strict):
 
 
 class TrainConfig(_Strict):
-    """A whole training run: `stage: dic` trains from scratch, `stage: dicgan` fine-tunes with `gan`."""
+    """A whole training run.
+
+    `stage: align` pre-trains the alignment branch alone, `stage: dic` trains the generator (from the
+    authors' init, or from `init`), `stage: dicgan` fine-tunes a DIC generator adversarially (`gan`).
+    """
 
     # at most 64 characters: the name becomes the exported model card's name, which has that limit
     name: str = Field(max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    stage: Literal["dic", "dicgan"] = "dic"
+    stage: Literal["align", "dic", "dicgan"] = "dic"
     seed: int = 0
     model: ModelSection = ModelSection()
+    init: InitSection = InitSection()
+    alignment: AlignmentSection = AlignmentSection()
     data: DataSection = DataSection()
     optim: OptimSection = OptimSection()
     loss: LossSection = LossSection()
@@ -193,9 +248,22 @@ class TrainConfig(_Strict):
     def _check_stage(self) -> TrainConfig:
         if self.stage == "dicgan" and self.gan is None:
             raise ValueError("stage 'dicgan' needs a 'gan' section (with init_checkpoint)")
-        if self.stage == "dic" and self.gan is not None:
+        if self.stage != "dicgan" and self.gan is not None:
             raise ValueError("the 'gan' section is only used with stage 'dicgan'")
+        if self.stage == "dicgan" and (self.init.weights or self.init.alignment):
+            raise ValueError("stage 'dicgan' starts from gan.init_checkpoint; the 'init' section is not used")
+        if self.stage == "align" and not self.model.build().has_landmarks:
+            raise ValueError("stage 'align' needs a model with an alignment branch (landmark_mode != none)")
         return self
+
+    def with_init(self, *, weights: Path | None = None, alignment: Path | None = None) -> TrainConfig:
+        """This config with `init.weights` / `init.alignment` replaced where given (`facesr train --init`)."""
+        init = self.init.model_dump(mode="json")
+        if weights is not None:
+            init["weights"] = str(weights)
+        if alignment is not None:
+            init["alignment"] = str(alignment)
+        return parse_config({**self.to_plain(), "init": init})
 
     def dic_config(self) -> DICConfig:
         """The generator configuration of this run."""

@@ -17,6 +17,7 @@ Scores are means over images. The data set layout is `HR/<name>` (PNG or JPEG, 1
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -135,6 +136,58 @@ def _resize_all(images: np.ndarray, size: int, resample: Image.Resampling) -> np
 def bicubic_downscale(hr: np.ndarray) -> np.ndarray:
     """N x 128 x 128 x 3 uint8 -> N x 16 x 16 x 3 uint8 (PIL bicubic, antialiased: the paper's LR)."""
     return _resize_all(hr, LR_SIZE, Image.Resampling.BICUBIC)
+
+
+RESAMPLING = {
+    "bicubic": Image.Resampling.BICUBIC,
+    "bilinear": Image.Resampling.BILINEAR,
+    "box": Image.Resampling.BOX,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+
+
+@dataclass(frozen=True)
+class Degradation:
+    """How the LR test inputs are made from HR: the paper's (PIL bicubic) or a shifted distribution.
+
+    kernel: PIL resampling filter of the 128 -> 16 downscale (one of `RESAMPLING`).
+    jpeg_quality: when set, each LR face is JPEG-compressed at this quality (1-95) after downscaling.
+    """
+
+    kernel: str = "bicubic"
+    jpeg_quality: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.kernel not in RESAMPLING:
+            raise EvaluationError(f"unknown LR kernel {self.kernel!r}; choose from {', '.join(RESAMPLING)}")
+        if self.jpeg_quality is not None and not 1 <= self.jpeg_quality <= 95:
+            raise EvaluationError(f"JPEG quality must be within 1-95, got {self.jpeg_quality}")
+
+    @property
+    def is_paper(self) -> bool:
+        return self.kernel == "bicubic" and self.jpeg_quality is None
+
+    def describe(self) -> str:
+        text = f"HR 128x128 resized to 16x16 with PIL {self.kernel}"
+        if self.jpeg_quality is not None:
+            text += f", then JPEG-compressed at quality {self.jpeg_quality}"
+        return text
+
+    def apply(self, hr: np.ndarray) -> np.ndarray:
+        """N x 128 x 128 x 3 uint8 -> N x 16 x 16 x 3 uint8."""
+        lr = _resize_all(hr, LR_SIZE, RESAMPLING[self.kernel])
+        if self.jpeg_quality is None:
+            return lr
+        compressed = []
+        for face in lr:
+            buffer = io.BytesIO()
+            Image.fromarray(face).save(buffer, format="JPEG", quality=self.jpeg_quality)
+            with Image.open(buffer) as decoded:
+                compressed.append(np.asarray(decoded.convert("RGB")))
+        return np.stack(compressed)
+
+
+PAPER_DEGRADATION = Degradation()
 
 
 def bicubic_upscale(lr: np.ndarray) -> np.ndarray:
@@ -279,9 +332,13 @@ class _BatchOutputs:
 
 
 def _run_batch(
-    engine: FaceSR, hr: np.ndarray, steps: list[str], detector: OnnxLandmarkDetector | None
+    engine: FaceSR,
+    hr: np.ndarray,
+    steps: list[str],
+    detector: OnnxLandmarkDetector | None,
+    degradation: Degradation,
 ) -> _BatchOutputs:
-    lr = bicubic_downscale(hr)
+    lr = degradation.apply(hr)
     outputs = run_generator(engine, lr)
     images = {BICUBIC: bicubic_upscale(lr), **dict(zip(steps, outputs.steps, strict=True))}
     aligned = dict(zip(steps, outputs.landmarks, strict=True)) if outputs.landmarks else {}
@@ -317,6 +374,7 @@ def evaluate(
     grid_images: int = 4,
     border: int = DEFAULT_BORDER,
     progress: bool = True,
+    degradation: Degradation = PAPER_DEGRADATION,
 ) -> Evaluation:
     """Run the protocol of this module's docstring.
 
@@ -328,6 +386,7 @@ def evaluate(
         grid_images: how many leading faces to keep for the picture grid.
         border: pixels cut from each side before PSNR / SSIM (the scale, 8).
         progress: show a tqdm bar on stderr.
+        degradation: how LR inputs are made (default: the paper's PIL bicubic).
     """
     if batch_size < 1:
         raise EvaluationError(f"batch size must be at least 1, got {batch_size}")
@@ -338,7 +397,7 @@ def evaluate(
     for start, stop in tqdm(batches, desc="evaluate", unit="batch", disable=not progress):
         hr = dataset.load_images(start, stop)
         truth = dataset.landmarks[start:stop]
-        batch = _run_batch(engine, hr, steps, detector)
+        batch = _run_batch(engine, hr, steps, detector, degradation)
         for i in range(stop - start):
             name = dataset.names[start + i]
             per_image.append(_score_image(name, i, hr[i], truth[i], batch, border))
@@ -350,7 +409,12 @@ def evaluate(
                 samples.keep(name, batch.lr[i], images, landmarks)
     return Evaluation(
         model=engine.describe() | {"card_name": engine.card.name, "config": engine.config.to_dict()},
-        data={"root": str(dataset.root), "num_images": len(dataset), "border": border},
+        data={
+            "root": str(dataset.root),
+            "num_images": len(dataset),
+            "border": border,
+            "lr": degradation.describe(),
+        },
         methods=[BICUBIC, *steps, HR],
         per_image=per_image,
         detector=str(detector.model_path) if detector is not None else None,

@@ -14,6 +14,7 @@ import torch
 
 from facesr.model.checkpoint import ModelCard, load_checkpoint, save_checkpoint
 from facesr.model.errors import CheckpointError
+from facesr.model.landmark_quality import final_alignment_nrmse, landmark_summary
 
 
 def _evaluation_summary(report: dict[str, Any], test_set: str) -> dict[str, Any]:
@@ -58,6 +59,11 @@ def release_checkpoint(
         )
     metrics = dict(loaded.card.metrics)
     metrics["evaluation"] = _evaluation_summary(report, test_set)
+    final_nrmse = final_alignment_nrmse(metrics["evaluation"]["methods"])
+    if final_nrmse is not None:
+        metrics["landmarks"] = landmark_summary(final_nrmse, test_set)
+    else:
+        metrics.pop("landmarks", None)
     update: dict[str, Any] = {"metrics": metrics}
     if name is not None:
         update["name"] = name

@@ -60,7 +60,7 @@ def report_dict(evaluation: Evaluation) -> dict[str, Any]:
         "model": evaluation.model,
         "data": evaluation.data,
         "landmark_detector": evaluation.detector,
-        "protocol": PROTOCOL,
+        "protocol": {**PROTOCOL, "lr": evaluation.data.get("lr", PROTOCOL["lr"])},
         "methods": [
             {
                 "method": row.method,

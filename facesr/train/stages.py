@@ -10,12 +10,14 @@ hr B x 3 x 128 x 128 (mean-subtracted RGB), heatmaps B x 68 x 32 x 32.
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.lr_scheduler import MultiStepLR
+from torch.utils.data import DataLoader
 
 from facesr.model.generator import DICGenerator, DICOutput
 from facesr.model.lightcnn import LightCNN9Discriminator
@@ -23,6 +25,8 @@ from facesr.train import losses
 from facesr.train.config import GanSection, TrainConfig
 from facesr.train.distributed import DistributedContext
 from facesr.train.ema import WeightAverage
+from facesr.train.precision import Precision
+from facesr.train.validation import ValidationResult, validate
 
 Batch = dict[str, torch.Tensor]
 
@@ -82,14 +86,18 @@ class DICStage:
             self.optimizer, milestones=config.optim.milestones, gamma=config.optim.gamma
         )
         self.ema = WeightAverage(generator, config.train.ema_decay) if config.train.ema_decay else None
-        self.amp_enabled = config.train.amp and context.device.type == "cuda"
+        self.precision = Precision(config.train, context.device)
+        self.precision.prepare(generator)
+        self.criterion = losses.HeatmapLoss(
+            kind=config.loss.heatmap_kind,
+            foreground_weight=config.loss.foreground_weight,
+            foreground_threshold=config.loss.foreground_threshold,
+        )
 
     # -- helpers -------------------------------------------------------------------------------------
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
-        """bf16 autocast on CUDA when `train.amp` is set; a no-op otherwise."""
-        if not self.amp_enabled:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.context.device.type, dtype=torch.bfloat16)
+        """bf16 autocast where `train.amp` enables it for this device (see `Precision`)."""
+        return self.precision.autocast()
 
     def _to_device(self, batch: Batch) -> Batch:
         return {key: value.to(self.context.device, non_blocking=True) for key, value in batch.items()}
@@ -109,6 +117,15 @@ class DICStage:
             return self.ema.averaged_copy(self.generator.module)
         return self.generator.module
 
+    def validate(self, loader: DataLoader) -> ValidationResult:
+        """Final-step Y-PSNR (and the branch's NRMSE per step) of the evaluation weights on `loader`."""
+        return validate(self.evaluation_generator(), loader, self.context.device)
+
+    @staticmethod
+    def score(result: ValidationResult) -> float:
+        """Higher is better: the final-step Y-PSNR."""
+        return -math.inf if result.psnr_y is None else result.psnr_y
+
     # -- one step ------------------------------------------------------------------------------------
     def generator_objective(
         self, output: DICOutput, batch: Batch
@@ -120,6 +137,7 @@ class DICStage:
             batch["heatmaps"],
             pixel_weight=self.config.loss.pixel,
             heatmap_weight=self.config.loss.heatmap,
+            criterion=self.criterion,
         )
 
     def train_step(self, batch: Batch, step: int) -> dict[str, torch.Tensor]:
@@ -132,7 +150,7 @@ class DICStage:
         self.prepare_step(step)
         self.generator.module.train()
         with self.autocast():
-            output = self.generator(batch["lr"])
+            output = self.generator(self.precision.layout(batch["lr"]))
         total, parts = self.generator_objective(output, batch)
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
@@ -208,7 +226,7 @@ class DICGANStage(DICStage):
             pixel = losses.final_repeated_pixel_loss(output, hr)
         else:
             pixel = losses.pixel_loss(output.sr_steps, hr)
-        align = losses.heatmap_loss(output.heatmap_steps, batch["heatmaps"])
+        align = losses.heatmap_loss(output.heatmap_steps, batch["heatmaps"], self.criterion)
         with self.autocast():
             perceptual = losses.perceptual_loss(self.features, final, hr)
             # the generator's adversarial term goes through the bare discriminator with its weights

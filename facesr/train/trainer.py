@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from facesr.model.checkpoint import load_checkpoint
 from facesr.model.generator import DICGenerator, count_parameters, init_weights
+from facesr.train.align_stage import AlignmentStage
 from facesr.train.config import ConfigError, TrainConfig
 from facesr.train.dataset import AugmentedFaces, FaceFolder, PlainFaces
 from facesr.train.distributed import DistributedContext, setup_distributed, teardown_distributed
@@ -35,13 +36,13 @@ from facesr.train.perceptual import build_feature_extractor
 from facesr.train.sampler import EpochSampler
 from facesr.train.stages import DICGANStage, DICStage
 from facesr.train.state import capture_rng_state, load_training_state, restore_rng_state, save_training_state
-from facesr.train.validation import ValidationResult, preview_grid, validate
+from facesr.train.validation import ValidationResult, preview_grid
 
 STATE_FILE = "training-state.pt"
 VAL_BATCH_SIZE = 16
 PREVIEW_FACES = 4
 #: Config keys that may change between a run and its resumption (they do not affect the result).
-RESUMABLE_CHANGES = ("train.iterations", "logging.", "data.num_workers", "data.licence")
+RESUMABLE_CHANGES = ("train.iterations", "logging.", "data.num_workers", "data.licence", "init.")
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,7 @@ class TrainResult:
 
     output_dir: Path
     step: int
-    best_psnr_y: float
+    best_score: float
     best_checkpoint: Path | None
     final_checkpoint: Path | None
     last_validation: ValidationResult | None
@@ -59,26 +60,48 @@ class TrainResult:
 def build_generator(config: TrainConfig) -> DICGenerator:
     """The generator a run starts from.
 
-    DIC stage: the SR branch gets the authors' init (kaiming-normal fan-in, zero bias); the alignment
-    branch keeps PyTorch's default init, because the authors start it from a pre-trained hourglass and
-    kaiming init on the no-BN recurrent hourglass makes its heatmaps explode (~1e10 after 4 steps).
+    DIC and align stages: the SR branch gets the authors' init (kaiming-normal fan-in, zero bias); the
+    alignment branch keeps PyTorch's default init, because kaiming init on the no-BN recurrent
+    hourglass makes its heatmaps explode (~1e10 after 4 steps). Then `init.weights` (a whole facesr
+    checkpoint) and `init.alignment` (only its `HG.*` tensors) replace what they hold.
     DICGAN stage: the weights of `gan.init_checkpoint` (a facesr checkpoint of a DIC run).
     """
     if config.gan is not None:
-        loaded = load_checkpoint(config.gan.init_checkpoint)
-        if loaded.config != config.dic_config():
-            raise ConfigError(
-                f"gan.init_checkpoint has config {loaded.config.to_dict()}, but the model section says "
-                f"{config.dic_config().to_dict()}"
-            )
-        generator = DICGenerator(loaded.config)
-        generator.load_state_dict(loaded.state_dict)
+        generator = DICGenerator(config.dic_config())
+        _load_weights(generator, config.gan.init_checkpoint, "gan.init_checkpoint")
         return generator
     generator = DICGenerator(config.dic_config())
     for name, child in generator.named_children():
         if name != "HG":
             init_weights(child)
+    if config.init.weights is not None:
+        _load_weights(generator, config.init.weights, "init.weights")
+    if config.init.alignment is not None:
+        _load_weights(generator, config.init.alignment, "init.alignment", prefix=ALIGNMENT_PREFIX)
     return generator
+
+
+ALIGNMENT_PREFIX = "HG."
+
+
+def _load_weights(generator: DICGenerator, path: Path, role: str, *, prefix: str = "") -> None:
+    """Copy the tensors whose names start with `prefix` from a facesr checkpoint into `generator`.
+
+    The checkpoint's configuration must size those tensors exactly as the generator's.
+    """
+    loaded = load_checkpoint(path)
+    own = generator.state_dict()
+    wanted = {key: value for key, value in loaded.state_dict.items() if key.startswith(prefix)}
+    expected = {key for key in own if key.startswith(prefix)}
+    mismatched = sorted(
+        key for key in expected if key not in wanted or tuple(wanted[key].shape) != tuple(own[key].shape)
+    )
+    if mismatched or not expected:
+        raise ConfigError(
+            f"{role} {path}: its model {loaded.config.to_dict()} does not fit this run's "
+            f"{generator.config.to_dict()} (e.g. {', '.join(mismatched[:3]) or 'no alignment branch'})"
+        )
+    generator.load_state_dict({**own, **{key: wanted[key] for key in expected}})
 
 
 def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
@@ -114,14 +137,15 @@ class MetricsLog:
 
             self.writer = SummaryWriter(str(output_dir / "tensorboard"), purge_step=start_step or None)
 
-    def scalars(self, kind: str, step: int, values: dict[str, float]) -> None:
+    def scalars(self, kind: str, step: int, values: dict[str, float | int | None]) -> None:
         if not self.enabled:
             return
         with self.jsonl.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps({"kind": kind, "step": step, **values}) + "\n")
         if self.writer is not None:
             for name, value in values.items():
-                self.writer.add_scalar(f"{kind}/{name}", value, step)
+                if value is not None:  # None: not measured in this stage
+                    self.writer.add_scalar(f"{kind}/{name}", value, step)
 
     def image(self, tag: str, step: int, image_chw: torch.Tensor) -> None:
         if self.enabled and self.writer is not None:
@@ -173,7 +197,8 @@ class Trainer:
         generator = build_generator(config)
         self.stage = self._build_stage(generator)
         self.step = 0
-        self.best_psnr = -math.inf
+        self.cpu_seconds_before = 0.0  # CPU time spent by earlier stretches of this run
+        self.best_score = -math.inf
         self.last_validation: ValidationResult | None = None
         if saved is not None:
             self._restore(saved)
@@ -209,7 +234,9 @@ class Trainer:
             persistent_workers=workers > 0,
         )
 
-    def _build_stage(self, generator: DICGenerator) -> DICStage:
+    def _build_stage(self, generator: DICGenerator) -> DICStage | AlignmentStage:
+        if self.config.stage == "align":
+            return AlignmentStage(self.config, generator, self.context)
         if self.config.stage == "dicgan":
             features = build_feature_extractor(self.config.gan.perceptual_features, generator)
             return DICGANStage(self.config, generator, self.context, features)
@@ -218,9 +245,11 @@ class Trainer:
     def _restore(self, saved: dict[str, Any]) -> None:
         self.stage.load_state_dict(saved["stage"])
         self.step = int(saved["step"])
-        self.best_psnr = float(saved["best_psnr_y"])
+        # states written before the align stage existed kept the score under its PSNR name
+        self.best_score = float(saved.get("best_score", saved.get("best_psnr_y", -math.inf)))
+        self.cpu_seconds_before = float(saved.get("cpu_seconds", 0.0))
         if saved.get("last_validation") is not None:  # absent in states written before it was saved
-            self.last_validation = ValidationResult(**saved["last_validation"])
+            self.last_validation = ValidationResult.from_dict(saved["last_validation"])
         restore_rng_state(saved["rng"][self.context.rank])
 
     # -- persistence ---------------------------------------------------------------------------------
@@ -236,7 +265,8 @@ class Trainer:
                 "config": self.config.to_plain(),
                 "world_size": self.context.world_size,
                 "stage": self.stage.state_dict(),
-                "best_psnr_y": self.best_psnr,
+                "best_score": self.best_score,
+                "cpu_seconds": self.cpu_seconds_before + time.process_time(),
                 # so that a resumed run's cards (and a finished run resumed again) keep the latest scores
                 "last_validation": self.last_validation.as_dict() if self.last_validation else None,
                 "rng": rng_states,
@@ -269,11 +299,11 @@ class Trainer:
         """Rank 0 scores the evaluation weights, exports `best` on improvement and logs previews."""
         if self.context.is_main:
             generator = self.stage.evaluation_generator()
-            result = validate(generator, self.val_loader, self.context.device)
+            result = self.stage.validate(self.val_loader)
             self.last_validation = result
-            self.log.scalars("val", self.step, result.as_dict())
-            if result.psnr_y > self.best_psnr:
-                self.best_psnr = result.psnr_y
+            self.log.scalars("val", self.step, {**result.as_dict(), "cpu_hours": self._cpu_hours()})
+            if self.stage.score(result) > self.best_score:
+                self.best_score = self.stage.score(result)
                 self._export("best", generator, self._card_metrics(result))
             if self.step % self.config.logging.image_every == 0 or self.step == self.config.train.iterations:
                 preview = next(iter(DataLoader(self.val_set, batch_size=PREVIEW_FACES, shuffle=False)))
@@ -281,6 +311,10 @@ class Trainer:
                     "val/lr_steps_hr", self.step, preview_grid(generator, preview, self.context.device)
                 )
         self.context.barrier()
+
+    def _cpu_hours(self) -> float:
+        """CPU time of this run so far (all threads of this process, earlier stretches included)."""
+        return (self.cpu_seconds_before + time.process_time()) / 3600.0
 
     def _card_metrics(self, result: ValidationResult) -> dict[str, Any]:
         return {
@@ -350,8 +384,11 @@ class Trainer:
                     self._validate()
                     if self.last_validation is not None:
                         bar.set_postfix(
-                            psnr=f"{self.last_validation.psnr_y:.2f}",
-                            bicubic=f"{self.last_validation.psnr_y_bicubic:.2f}",
+                            {
+                                key: f"{value:.4g}"
+                                for key, value in self.last_validation.as_dict().items()
+                                if key in ("psnr_y", "psnr_y_bicubic", "nrmse") and value is not None
+                            },
                             refresh=False,
                         )
                 if self.step % config.logging.save_every == 0 or self.step == total or stopping:
@@ -375,7 +412,7 @@ class Trainer:
         return TrainResult(
             output_dir=self.output_dir,
             step=self.step,
-            best_psnr_y=self.best_psnr,
+            best_score=self.best_score,
             best_checkpoint=best if best.is_file() else None,
             final_checkpoint=final,
             last_validation=self.last_validation,
@@ -399,7 +436,7 @@ def run_training(
             config, output_dir, context, resume=resume, progress=progress, time_limit_s=time_limit_s
         )
         if context.is_main:
-            generator = trainer.stage.generator.module
+            generator = trainer.stage.evaluation_generator()
             tqdm.write(
                 f"{config.name}: stage {config.stage}, {count_parameters(generator):,} generator parameters, "
                 f"{len(trainer.train_set)} train / {len(trainer.val_set)} val faces, "

@@ -6,7 +6,8 @@ baseline (PIL bicubic 16 -> 128 of the same LR) is reported beside it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -14,8 +15,9 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from facesr.model.generator import DICGenerator
+from facesr.model.landmarks import decode_heatmaps
 from facesr.model.normalization import tensor_to_images
-from facesr.train.metrics import psnr_y
+from facesr.train.metrics import landmark_nrmse, psnr_y
 
 
 @dataclass(frozen=True)
@@ -23,24 +25,56 @@ class ValidationResult:
     """Mean scores over the validation faces.
 
     Attributes:
-        psnr_y: final-step Y-PSNR in dB.
-        psnr_y_bicubic: Y-PSNR of PIL-bicubic upscaling of the same LR images.
+        psnr_y: final-step Y-PSNR in dB (None in the align stage, which makes no images).
+        psnr_y_bicubic: Y-PSNR of PIL-bicubic upscaling of the same LR images (None likewise).
         heatmap_mse: MSE of the final-step heatmaps against the ground truth (NaN without landmarks).
         count: number of faces.
+        nrmse: the alignment branch's landmark NRMSE at the final step (RMS error / face width; None
+            without landmarks); in the align stage, on blurred faces.
+        nrmse_steps: the same at every step.
+        nrmse_sharp: align stage only: final-step NRMSE when the branch sees the HR faces.
     """
 
-    psnr_y: float
-    psnr_y_bicubic: float
+    psnr_y: float | None
+    psnr_y_bicubic: float | None
     heatmap_mse: float
     count: int
+    nrmse: float | None = None
+    nrmse_steps: tuple[float, ...] = field(default_factory=tuple)
+    nrmse_sharp: float | None = None
 
-    def as_dict(self) -> dict[str, float | int]:
-        return {
+    def as_dict(self) -> dict[str, float | int | None]:
+        values: dict[str, float | int | None] = {
             "psnr_y": self.psnr_y,
             "psnr_y_bicubic": self.psnr_y_bicubic,
             "heatmap_mse": self.heatmap_mse,
             "count": self.count,
+            "nrmse": self.nrmse,
         }
+        values |= {f"nrmse_step_{i + 1}": value for i, value in enumerate(self.nrmse_steps)}
+        values["nrmse_sharp"] = self.nrmse_sharp
+        return values
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ValidationResult:
+        """Inverse of `as_dict` (also reads the states of runs saved before the NRMSE fields existed)."""
+        steps = sorted(
+            (key for key in values if key.startswith("nrmse_step_")),
+            key=lambda key: int(key.removeprefix("nrmse_step_")),
+        )
+        return cls(
+            psnr_y=_optional(values["psnr_y"]),
+            psnr_y_bicubic=_optional(values["psnr_y_bicubic"]),
+            heatmap_mse=float(values["heatmap_mse"]),
+            count=int(values["count"]),
+            nrmse=_optional(values.get("nrmse")),
+            nrmse_steps=tuple(float(values[key]) for key in steps),
+            nrmse_sharp=_optional(values.get("nrmse_sharp")),
+        )
+
+
+def _optional(value: Any) -> float | None:
+    return None if value is None else float(value)
 
 
 def bicubic_upscale(lr_images: np.ndarray, size: int = 128) -> np.ndarray:
@@ -61,6 +95,7 @@ def validate(generator: DICGenerator, loader: DataLoader, device: torch.device) 
     scores: list[float] = []
     baseline: list[float] = []
     heatmap_errors: list[float] = []
+    step_errors: list[list[float]] = []
     try:
         for batch in loader:
             output = generator(batch["lr"].to(device))
@@ -72,6 +107,12 @@ def validate(generator: DICGenerator, loader: DataLoader, device: torch.device) 
             if output.heatmap_steps:
                 error = (output.heatmap_steps[-1].float().cpu() - batch["heatmaps"]) ** 2
                 heatmap_errors += error.mean(dim=(1, 2, 3)).tolist()
+                if not step_errors:
+                    step_errors = [[] for _ in output.heatmap_steps]
+                truth = batch["landmarks"].numpy()
+                for errors, heatmaps in zip(step_errors, output.heatmap_steps, strict=True):
+                    points = decode_heatmaps(heatmaps).cpu().numpy()
+                    errors += [landmark_nrmse(p, t) for p, t in zip(points, truth, strict=True)]
     finally:
         generator.train(was_training)
     if not scores:
@@ -81,6 +122,8 @@ def validate(generator: DICGenerator, loader: DataLoader, device: torch.device) 
         psnr_y_bicubic=float(np.mean(baseline)),
         heatmap_mse=float(np.mean(heatmap_errors)) if heatmap_errors else float("nan"),
         count=len(scores),
+        nrmse=float(np.mean(step_errors[-1])) if step_errors else None,
+        nrmse_steps=tuple(float(np.mean(errors)) for errors in step_errors),
     )
 
 

@@ -127,7 +127,7 @@ def test_bf16_autocast_path_keeps_float32_weights_and_finite_losses(
     config = make_config(gan_overrides(dic_checkpoint))
     generator = build_generator(config)
     stage = DICGANStage(config, generator, CPU, HourglassFrontEnd(generator))
-    stage.amp_enabled = True  # the config enables it on CUDA only
+    stage.precision.bf16 = True  # what `train.amp` does on CUDA and on bf16-capable CPUs
     seen: list[torch.dtype] = []
     generator.conv_out.register_forward_hook(lambda _m, _i, out: seen.append(out.dtype))
     parts = stage.train_step(first_batch(config), 0)

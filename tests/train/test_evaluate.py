@@ -22,6 +22,7 @@ from facesr.model.config import DICConfig
 from facesr.model.generator import DICGenerator
 from facesr.model.inference import FaceSR
 from facesr.train.evaluate import (
+    Degradation,
     EvaluationError,
     bicubic_downscale,
     evaluate,
@@ -235,3 +236,35 @@ def test_low_resolution_inputs_match_the_reference_lr_images(shared_dir: Path) -
         name = reference.stem.removeprefix("lr_")
         hr = read_image(helen / f"{name}.jpg")
         np.testing.assert_array_equal(bicubic_downscale(hr[None])[0], read_image(reference))
+
+
+def test_shifted_input_distribution_is_applied_to_model_and_baseline_alike(
+    tmp_path: Path, dataset_dir: Path, checkpoint: Path
+) -> None:
+    """--lr-kernel box --lr-jpeg-quality 50: both the baseline and the model see the compressed inputs."""
+    out = tmp_path / "shifted"
+    args = ["evaluate", "--checkpoint", str(checkpoint), "--data", str(dataset_dir), "--device", "cpu"]
+    result = CliRunner().invoke(
+        app, [*args, "--out", str(out), "--lr-kernel", "box", "--lr-jpeg-quality", "50"]
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert (
+        report["protocol"]["lr"]
+        == "HR 128x128 resized to 16x16 with PIL box, then JPEG-compressed at quality 50"
+    )
+
+    names = (dataset_dir / "list.txt").read_text().split()
+    hr = np.stack([read_image(dataset_dir / "HR" / name) for name in names])
+    lr = Degradation(kernel="box", jpeg_quality=50).apply(hr)
+    paper = Degradation().apply(hr)
+    assert lr.shape == paper.shape == (NUM_IMAGES, 16, 16, 3) and not np.array_equal(lr, paper)
+    bicubic = [
+        np.asarray(Image.fromarray(image).resize((128, 128), Image.Resampling.BICUBIC)) for image in lr
+    ]
+    expected = np.mean([y_psnr(b, h) for b, h in zip(bicubic, hr, strict=True)])
+    rows = {row["method"]: row for row in report["methods"]}
+    assert rows["bicubic"]["psnr_y"] == pytest.approx(expected, abs=1e-9)
+
+    bad = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "bad"), "--lr-kernel", "nearest-ish"])
+    assert bad.exit_code == 1 and "unknown LR kernel" in bad.output and "Traceback" not in bad.output

@@ -128,7 +128,9 @@ def test_run_writes_serving_checkpoints_with_a_model_card(
     card = loaded.card
     assert card.name == config.name and "non-commercial" in card.licence
     assert card.training["config"] == config.to_plain()
-    assert card.metrics["validation"]["psnr_y"] == pytest.approx(result.best_psnr_y)
+    assert card.metrics["validation"]["psnr_y"] == pytest.approx(result.best_score), (
+        "a DIC run selects on Y-PSNR"
+    )
     assert card.metrics["validation"]["psnr_y_bicubic"] > 10
     generator, _ = load_generator(result.final_checkpoint)
     assert generator.config == config.dic_config()

@@ -50,3 +50,35 @@ def test_missing_data_folder_exits_with_a_message(tiny_config_data: dict[str, An
         app, ["train", "--config", str(config), "--output", str(tmp_path / "r"), "--device", "cpu"]
     )
     assert result.exit_code == 1 and "training data folder not found" in result.output
+
+
+def test_init_continues_from_any_checkpoint_with_a_fresh_schedule(
+    tiny_config_data: dict[str, Any], tmp_path: Path
+) -> None:
+    """`--init` takes the weights of a finished run (or the bundled model) and starts a new run."""
+    from facesr.model.checkpoint import load_checkpoint
+
+    runner = CliRunner()
+    config = write_config(tmp_path / "c.yaml", merged(tiny_config_data, {"train": {"iterations": 2}}))
+    args = ["train", "--config", str(config), "--device", "cpu", "--no-progress"]
+    first = runner.invoke(app, [*args, "--output", str(tmp_path / "first")])
+    assert first.exit_code == 0, first.output
+    start = tmp_path / "first" / "final.safetensors"
+
+    second = runner.invoke(app, [*args, "--output", str(tmp_path / "second"), "--init", str(start)])
+    assert second.exit_code == 0, second.output
+    saved = yaml.safe_load((tmp_path / "second" / "config.yaml").read_text(encoding="utf-8"))
+    assert saved["init"]["weights"] == str(start), "the run records where it started"
+    assert "step 2" in second.output, "a fresh schedule from step 0"
+    card = load_checkpoint(tmp_path / "second" / "final.safetensors").card
+    assert card.training["config"]["init"]["weights"] == str(start)
+
+    refused = runner.invoke(
+        app, [*args, "--output", str(tmp_path / "second"), "--init", str(start), "--resume"]
+    )
+    assert refused.exit_code == 1 and "--init starts a new run" in refused.output
+    missing = runner.invoke(
+        app, [*args, "--output", str(tmp_path / "third"), "--init", str(tmp_path / "nope")]
+    )
+    assert missing.exit_code == 1 and "checkpoint not found" in missing.output
+    assert "Traceback" not in missing.output
