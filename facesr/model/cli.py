@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 from typing import Annotated
 
-import numpy as np
 import typer
 from PIL import Image
 from tqdm import tqdm
@@ -39,7 +38,8 @@ def enhance(
 ) -> None:
     """Super-resolve face images (any size; non-16x16 inputs are resized to 16x16 with PIL bicubic)."""
     from facesr.model.files import collect_inputs, read_rgb
-    from facesr.model.inference import FaceSR
+    from facesr.model.inference import FaceSR, landmark_points
+    from facesr.model.landmark_quality import landmark_quality
 
     try:
         engine = FaceSR.from_checkpoint(checkpoint, device=device, dtype=dtype)
@@ -48,6 +48,9 @@ def enhance(
     files = collect_inputs(inputs)
     if not files:
         raise _fail("no input images found")
+    quality = landmark_quality(engine.card)
+    if landmarks_json and quality.status != "passed":
+        typer.secho(quality.message(), err=True, fg=typer.colors.YELLOW)
     output.mkdir(parents=True, exist_ok=True)
     failures: list[str] = []
     done = 0
@@ -75,9 +78,8 @@ def enhance(
                     payload = {
                         "image": target.with_suffix(".png").name,
                         "model_id": engine.model_id,
-                        "landmarks": None
-                        if result.landmarks is None
-                        else np.round(result.landmarks.astype(np.float64), 2).tolist(),
+                        "landmarks": None if quality.withheld else landmark_points(result),
+                        "landmark_quality": quality.as_dict(),
                         "resized_from": result.resized_from,
                     }
                     target.with_name(f"{target.name}.landmarks.json").write_text(json.dumps(payload))

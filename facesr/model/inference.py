@@ -17,7 +17,7 @@ from facesr.model.config import DICConfig
 from facesr.model.device import dtype_name, resolve_device, resolve_dtype
 from facesr.model.errors import CheckpointError, InputImageError
 from facesr.model.generator import DICGenerator, count_parameters
-from facesr.model.landmarks import decode_heatmaps
+from facesr.model.landmarks import decode_heatmaps, landmark_confidence
 from facesr.model.normalization import images_to_tensor, tensor_to_images
 from facesr.model.preprocess import LR_SIZE, to_lr_face
 
@@ -32,12 +32,14 @@ class FaceResult:
     landmarks: 68 x 2 float32 (x, y) in output pixels, or None for a model without landmark branch.
     steps: every step's 128 x 128 x 3 uint8 image when asked, else None.
     resized_from: the input's (width, height) when it was not 16 x 16 and was resized, else None.
+    confidence: 68 float32 in [0, 1], each point's heatmap peak (None without landmarks).
     """
 
     image: np.ndarray
     landmarks: np.ndarray | None
     steps: list[np.ndarray] | None = None
     resized_from: tuple[int, int] | None = None
+    confidence: np.ndarray | None = None
 
 
 def _weights_digest(generator: DICGenerator) -> str:
@@ -129,7 +131,7 @@ class FaceSR:
         batch = np.stack([lr for lr, _ in prepared])
         results = self.enhance_tensor(batch, return_steps=return_steps)
         return [
-            FaceResult(r.image, r.landmarks, r.steps, resized_from=size)
+            FaceResult(r.image, r.landmarks, r.steps, resized_from=size, confidence=r.confidence)
             for r, (_, size) in zip(results, prepared, strict=True)
         ]
 
@@ -148,11 +150,13 @@ class FaceSR:
         final = tensor_to_images(sr_steps[-1])
         steps = [tensor_to_images(step) for step in sr_steps] if return_steps else None
         landmarks = decode_heatmaps(heatmaps).cpu().numpy() if heatmaps is not None else None
+        confidence = landmark_confidence(heatmaps).cpu().numpy() if heatmaps is not None else None
         return [
             FaceResult(
                 image=final[i],
                 landmarks=None if landmarks is None else landmarks[i],
                 steps=None if steps is None else [step[i] for step in steps],
+                confidence=None if confidence is None else confidence[i],
             )
             for i in range(lr.shape[0])
         ]
@@ -180,3 +184,14 @@ class FaceSR:
             "dtype": dtype_name(self.dtype),
             "parameters": count_parameters(self.generator),
         }
+
+
+def landmark_points(result: FaceResult) -> list[dict[str, float]] | None:
+    """A result's landmarks as JSON-able points: `{"x", "y", "confidence"}` (2 and 4 decimals)."""
+    if result.landmarks is None:
+        return None
+    confidence = result.confidence if result.confidence is not None else np.zeros(len(result.landmarks))
+    return [
+        {"x": round(float(x), 2), "y": round(float(y), 2), "confidence": round(float(c), 4)}
+        for (x, y), c in zip(result.landmarks, confidence, strict=True)
+    ]

@@ -160,3 +160,17 @@ def decode_heatmaps(heatmaps: torch.Tensor, stride: int = HEATMAP_STRIDE) -> tor
     x = ((col.to(torch.float32) + dx) * stride).clamp(0, W * stride - 1)
     y = ((row.to(torch.float32) + dy) * stride).clamp(0, H * stride - 1)
     return torch.stack((x, y), dim=-1)
+
+
+def landmark_confidence(heatmaps: torch.Tensor) -> torch.Tensor:
+    """Per-point confidence: each heatmap's peak height, clipped to [0, 1].
+
+    The branch is trained towards Gaussians of peak 1 at the landmark, so a peak near 1 is a point it
+    is sure of and a flat map (peak near 0) is a guess.
+
+    Args:
+        heatmaps: B x K x h x w raw heatmaps (any float dtype).
+    Returns:
+        B x K float32 in [0, 1].
+    """
+    return heatmaps.detach().to(torch.float32).amax(dim=(2, 3)).clamp(0.0, 1.0)

@@ -39,6 +39,8 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import torch
 
+from facesr.model.checkpoint import ModelCard
+from facesr.model.landmark_quality import landmark_quality
 from facesr.service import metrics
 from facesr.service.batching import ItemFailure, run_isolating_failures
 from facesr.service.queue.backoff import Backoff
@@ -107,8 +109,10 @@ def make_worker_id() -> str:
 def describe_engine(engine: Engine) -> dict[str, Any]:
     """The model card as JSON plus what this worker runs it with (advertised in heartbeats)."""
     card = engine.card.model_dump(mode="json") if hasattr(engine.card, "model_dump") else dict(engine.card)
+    quality = landmark_quality(engine.card) if isinstance(engine.card, ModelCard) else None
     return {
         **card,
+        **({"landmark_quality": quality.as_dict()} if quality is not None else {}),
         "model_id": engine.model_id,
         "device": str(engine.device),
         "dtype": dtype_label(engine.dtype),
@@ -402,18 +406,26 @@ class Worker:
         if job.options.return_steps and output.steps is not None:
             steps = [np.ascontiguousarray(step, dtype=np.uint8).tobytes() for step in output.steps]
         landmarks = None
-        if job.options.landmarks and output.landmarks is not None:
+        quality = landmark_quality(engine.card) if isinstance(engine.card, ModelCard) else None
+        status = quality.status if quality is not None else None
+        if job.options.landmarks and output.landmarks is not None and not (quality and quality.withheld):
             points = np.asarray(output.landmarks, dtype=np.float64)
+            confidence = getattr(output, "confidence", None)
+            scores = (
+                np.full(len(points), np.nan) if confidence is None else np.asarray(confidence, np.float64)
+            )
             if not np.isfinite(points).all():
                 # NaN/inf (e.g. an fp16 overflow) cannot be sent as JSON and would turn into a 500 later.
                 raise NonFiniteOutputError("the model produced non-finite landmarks for this face")
-            landmarks = points.round(3).tolist()
+            scores = np.where(np.isfinite(scores), scores, 0.0)
+            landmarks = np.column_stack([points.round(3), scores.round(4)]).tolist()
         return JobResult(
             request_id=job.request_id,
             ok=True,
             sr_rgb=image.tobytes(),
             step_rgb=steps,
             landmarks=landmarks,
+            landmark_status=status if job.options.landmarks else None,
             model_id=engine.model_id,
             worker_id=self.worker_id,
             timings=timings,

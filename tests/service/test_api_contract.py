@@ -77,9 +77,14 @@ def test_json_response_carries_image_landmarks_model_and_timings(service: Runnin
     assert body["media_type"] == "image/png"
     assert body["model"] == MODEL_NAME
     assert body["model_id"].startswith(MODEL_NAME)
-    landmarks = np.asarray(body["landmarks"])
+    landmarks = np.asarray([[p["x"], p["y"]] for p in body["landmarks"]])
     assert landmarks.shape == (68, 2)
     assert np.all((landmarks >= 0) & (landmarks < 128))
+    confidence = np.asarray([p["confidence"] for p in body["landmarks"]])
+    assert np.all((confidence >= 0) & (confidence <= 1))
+    # the test model's card carries no test-set evaluation, and the response says so
+    assert body["landmark_quality"]["status"] == "unevaluated"
+    assert "not been evaluated" in body["landmark_quality"]["message"]
     assert body["resized_from"] is None
     assert body["input"] == {"format": "PNG", "width": 16, "height": 16}
     assert body["batch_size"] >= 1
@@ -196,6 +201,7 @@ def test_models_lists_the_card(service: RunningService):
     assert card["parameters"] > 0
     for key in ("training_data", "metrics", "licence", "description"):
         assert key in card
+    assert card["landmark_quality"]["status"] == "unevaluated", "random weights carry no evaluation"
 
 
 def test_health_and_readiness(service: RunningService):
@@ -259,3 +265,28 @@ def test_image_response_decodes_to_rgb_with_content(service: RunningService):
     assert response.status_code == 200
     pixels = np.asarray(Image.open(io.BytesIO(response.content)))
     assert pixels.std() > 1.0
+
+
+def test_landmarks_of_a_model_that_failed_evaluation_are_withheld_and_said_so(png_face: bytes):
+    """A card whose test-set evaluation failed the landmarks: no points, a clear status instead."""
+    from facesr.model.checkpoint import ModelCard
+    from facesr.model.generator import DICGenerator
+    from facesr.model.landmark_quality import landmark_summary
+    from tests.service.conftest import start_embedded
+
+    card = ModelCard(
+        name=MODEL_NAME,
+        config=TINY_CONFIG.to_dict(),
+        metrics={"landmarks": landmark_summary(0.94, "helen-50")},
+    )
+    engine = FaceSR(DICGenerator(TINY_CONFIG), card, device="cpu", dtype="fp32")
+    service = start_embedded(engine)
+    try:
+        body = post_image(service, png_face, headers=JSON).json()
+        image_only = post_image(service, png_face)
+    finally:
+        service.close()
+    assert body["landmarks"] is None
+    assert body["landmark_quality"]["status"] == "failed"
+    assert "withheld" in body["landmark_quality"]["message"]
+    assert image_only.status_code == 200, "the image itself is still served"

@@ -191,8 +191,9 @@ def test_concurrent_jobs_are_batched_and_each_reply_reaches_its_caller(
     assert all(r.step_rgb is None for r in results[1:])
     assert results[1].landmarks is None
     landmarks = np.asarray(results[2].landmarks)
-    assert landmarks.shape == (68, 2)
-    np.testing.assert_allclose(landmarks, direct[2].landmarks, atol=0.05)
+    assert landmarks.shape == (68, 3), "x, y and the confidence of each point"
+    np.testing.assert_allclose(landmarks[:, :2], direct[2].landmarks, atol=0.05)
+    np.testing.assert_allclose(landmarks[:, 2], direct[2].confidence, atol=1e-3)
 
 
 def test_status_reports_ready_workers_their_models_and_depth(

@@ -15,6 +15,32 @@ class InputInfo(BaseModel):
     height: int
 
 
+class LandmarkPoint(BaseModel):
+    """One landmark of the output image and how sure the model is of it."""
+
+    x: float = Field(description="Output pixels, 0 <= x < 128.")
+    y: float = Field(description="Output pixels, 0 <= y < 128.")
+    confidence: float = Field(
+        ge=0, le=1, description="The point's heatmap peak: near 1 is a clear peak, near 0 a guess."
+    )
+
+
+LANDMARK_STATUS_MESSAGES = {
+    "passed": "the model's landmarks passed evaluation on its test set (see GET /v1/models)",
+    "failed": "landmarks withheld: this model's landmarks failed evaluation on its test set "
+    "(see GET /v1/models)",
+    "unevaluated": "this model's landmarks have not been evaluated on a test set; use them with care",
+    "absent": "this model has no landmark branch",
+}
+
+
+class LandmarkQualityInfo(BaseModel):
+    """Whether the serving model's landmarks can be trusted (from its model card)."""
+
+    status: Literal["passed", "failed", "unevaluated", "absent"]
+    message: str
+
+
 class SuperResolved(BaseModel):
     """One super-resolved face (the JSON representation of POST /v1/super-resolve)."""
 
@@ -25,8 +51,13 @@ class SuperResolved(BaseModel):
     width: int = 128
     height: int = 128
     image: str = Field(description="The 128 x 128 RGB result, base64-encoded in `media_type`.")
-    landmarks: list[tuple[float, float]] | None = Field(
-        None, description="68 iBUG points (x, y) in output pixels, 0 <= x, y < 128; null when not asked."
+    landmarks: list[LandmarkPoint] | None = Field(
+        None,
+        description="68 iBUG points in output pixels with a confidence each; null when not asked, or "
+        "when the model's landmarks failed evaluation (then `landmark_quality` says so).",
+    )
+    landmark_quality: LandmarkQualityInfo | None = Field(
+        None, description="The model's landmark verdict; present whenever landmarks were asked for."
     )
     steps: list[str] | None = Field(
         None,

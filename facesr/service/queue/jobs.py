@@ -3,7 +3,9 @@
 Conventions at this boundary:
 - ``Job.lr_rgb`` is the model input: a 16x16 RGB face, uint8, row-major HWC (768 bytes).
 - ``JobResult.sr_rgb`` (and each of ``step_rgb``) is a 128x128 RGB image, uint8, row-major HWC (49152 bytes).
-- ``JobResult.landmarks`` are 68 iBUG points as ``[x, y]`` in output-image pixels (0..128).
+- ``JobResult.landmarks`` are 68 iBUG points as ``[x, y, confidence]``: output-image pixels (0..128) and
+  the heatmap peak in [0, 1]. ``landmark_status`` is the model's landmark verdict ("passed", "failed",
+  "unevaluated", "absent"); points of a model whose landmarks failed evaluation are not sent.
 - All times are ``time.time()`` seconds (wall clock, comparable across hosts with synchronised clocks).
 """
 
@@ -53,6 +55,7 @@ class JobResult:
     sr_rgb: bytes | None = None
     step_rgb: list[bytes] | None = None
     landmarks: list[list[float]] | None = None
+    landmark_status: str | None = None
     model_id: str | None = None
     worker_id: str | None = None
     timings: dict[str, float] = field(default_factory=dict)

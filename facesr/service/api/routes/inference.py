@@ -29,9 +29,12 @@ from facesr.service.api.pipeline import (
     run_jobs,
 )
 from facesr.service.api.schemas import (
+    LANDMARK_STATUS_MESSAGES,
     BatchItem,
     BatchResponse,
     ItemProblem,
+    LandmarkPoint,
+    LandmarkQualityInfo,
     SuperResolved,
     problem_responses,
 )
@@ -67,6 +70,18 @@ def job_options(options: Options, representation: Representation) -> JobOptions:
     return JobOptions(return_steps=options.steps, landmarks=landmarks)
 
 
+def _landmark_points(landmarks: list[list[float]] | None) -> list[LandmarkPoint] | None:
+    if landmarks is None:
+        return None
+    return [LandmarkPoint(x=float(x), y=float(y), confidence=float(c)) for x, y, c in landmarks]
+
+
+def _landmark_quality(status: str | None) -> LandmarkQualityInfo | None:
+    if status not in LANDMARK_STATUS_MESSAGES:
+        return None
+    return LandmarkQualityInfo(status=status, message=LANDMARK_STATUS_MESSAGES[status])
+
+
 def _json_body(face: EncodedFace, request_id: str, model: str, timings: PhaseTimings) -> SuperResolved:
     batch_size = face.result.timings.get("batch_size")
     return SuperResolved(
@@ -75,7 +90,8 @@ def _json_body(face: EncodedFace, request_id: str, model: str, timings: PhaseTim
         model_id=face.result.model_id or model,
         media_type=face.media_type,
         image=face.image_base64,
-        landmarks=[(float(x), float(y)) for x, y in face.landmarks] if face.landmarks is not None else None,
+        landmarks=_landmark_points(face.landmarks),
+        landmark_quality=_landmark_quality(face.result.landmark_status),
         steps=face.steps_base64,
         resized_from=face.upload.resized_from,
         input={
