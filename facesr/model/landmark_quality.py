@@ -83,7 +83,7 @@ def final_alignment_nrmse(methods: Any) -> float | None:
         final = max(steps, key=lambda m: int(str(m["method"]).removeprefix("step_")))
         value = final.get("nrmse_alignment")
         return None if value is None else float(value)
-    except ValueError:  # also max() of an empty list
+    except (TypeError, ValueError, KeyError):  # also max() of an empty list; a malformed card
         return None
 
 

@@ -417,7 +417,7 @@ class Worker:
             if not np.isfinite(points).all():
                 # NaN/inf (e.g. an fp16 overflow) cannot be sent as JSON and would turn into a 500 later.
                 raise NonFiniteOutputError("the model produced non-finite landmarks for this face")
-            scores = np.where(np.isfinite(scores), scores, 0.0)
+            scores = np.clip(np.where(np.isfinite(scores), scores, 0.0), 0.0, 1.0)
             landmarks = np.column_stack([points.round(3), scores.round(4)]).tolist()
         return JobResult(
             request_id=job.request_id,

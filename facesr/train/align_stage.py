@@ -141,8 +141,10 @@ class AlignmentStage:
         return parts
 
     @torch.no_grad()
-    def validate(self, loader: DataLoader) -> ValidationResult:
+    def validate(self, generator: DICGenerator, loader: DataLoader) -> ValidationResult:
         """NRMSE of every step on held-out faces, blurred throughout (selection) and sharp throughout."""
+        if generator is not self.module:
+            raise ValueError("the align stage validates its own generator")
         was_training = self.branch.training
         self.branch.eval()
         blurred: list[list[float]] = [[] for _ in range(self.steps)]

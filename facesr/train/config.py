@@ -210,6 +210,7 @@ class TrainSection(_Strict):
     hg_frozen_until: int = Field(default=0, ge=0)
     ema_decay: float | None = Field(default=None, gt=0, lt=1)
     amp: bool = True
+    cpu_bf16: bool = False
     channels_last: bool = False
 
 
@@ -254,6 +255,11 @@ class TrainConfig(_Strict):
             raise ValueError("stage 'dicgan' starts from gan.init_checkpoint; the 'init' section is not used")
         if self.stage == "align" and not self.model.build().has_landmarks:
             raise ValueError("stage 'align' needs a model with an alignment branch (landmark_mode != none)")
+        if self.stage == "align" and (self.train.ema_decay is not None or self.train.hg_frozen_until):
+            raise ValueError(
+                "stage 'align' trains the alignment branch: train.ema_decay and "
+                "train.hg_frozen_until do not apply to it"
+            )
         return self
 
     def with_init(self, *, weights: Path | None = None, alignment: Path | None = None) -> TrainConfig:

@@ -168,7 +168,7 @@ class Degradation:
         return self.kernel == "bicubic" and self.jpeg_quality is None
 
     def describe(self) -> str:
-        text = f"HR 128x128 resized to 16x16 with PIL {self.kernel}"
+        text = f"HR 128x128 resized to 16x16 with PIL {self.kernel} (antialiased)"
         if self.jpeg_quality is not None:
             text += f", then JPEG-compressed at quality {self.jpeg_quality}"
         return text

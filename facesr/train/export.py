@@ -17,14 +17,26 @@ def model_card(
 ) -> ModelCard:
     """The card of a checkpoint exported from a training run."""
     architecture = "DICGAN" if config.stage == "dicgan" else "DIC"
-    provenance = (
-        f"fine-tuned from {config.gan.init_checkpoint.name} with `facesr train`"
-        if config.gan is not None
-        else "trained from scratch with `facesr train`"
-    )
+    if config.gan is not None:
+        provenance = f"fine-tuned from {config.gan.init_checkpoint.name} with `facesr train`"
+    else:
+        starts = [
+            f"{role} from {path.name}"
+            for role, path in (("weights", config.init.weights), ("alignment branch", config.init.alignment))
+            if path is not None
+        ]
+        provenance = "trained with `facesr train`, " + (
+            "starting with " + " and ".join(starts) if starts else "from scratch"
+        )
+    description = f"{architecture} face super-resolution (x8, 16x16 -> 128x128), run '{config.name}'"
+    if config.stage == "align":
+        description = (
+            f"alignment branch pre-trained alone (stage 'align', run '{config.name}'); the SR branch is "
+            "untrained: not for serving, use it as init.alignment of a DIC run"
+        )
     return ModelCard(
         name=config.name,
-        description=f"{architecture} face super-resolution (x8, 16x16 -> 128x128), run '{config.name}'",
+        description=description,
         architecture=architecture,
         config={},  # filled in from the generator config by save_checkpoint
         provenance=provenance,

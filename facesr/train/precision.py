@@ -1,8 +1,9 @@
 """Training precision and memory layout: bf16 autocast and channels_last, where they are enabled.
 
-`train.amp` turns on bf16 autocast on CUDA, and on CPUs with native bf16 arithmetic (AVX512-BF16 or
-AMX), where it was measured faster (docs/training.md); elsewhere it is a no-op. `train.channels_last`
-stores the model and its inputs in NHWC order.
+`train.amp` turns on bf16 autocast on CUDA. `train.cpu_bf16` (off by default: on the CPU width it was
+measured only 6% faster than fp32 with channels_last, see docs/training.md) does the same on CPUs with
+native bf16 arithmetic (AVX512-BF16 or AMX); CPUs that would emulate it keep fp32.
+`train.channels_last` stores the model and its inputs in NHWC order.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from facesr.train.config import TrainSection
 
 
 def cpu_has_native_bf16() -> bool:
-    """Whether this CPU runs bf16 matrix arithmetic natively (oneDNN's check)."""
-    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    """Whether this CPU has bf16 instructions (AVX512-BF16 or AMX), not just an emulation."""
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
 
 
 class Precision:
@@ -26,8 +27,10 @@ class Precision:
 
     def __init__(self, train: TrainSection, device: torch.device) -> None:
         self.device = device
-        native = device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())
-        self.bf16 = bool(train.amp and native)
+        if device.type == "cuda":
+            self.bf16 = train.amp
+        else:
+            self.bf16 = device.type == "cpu" and train.cpu_bf16 and cpu_has_native_bf16()
         self.channels_last = train.channels_last
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:

@@ -15,6 +15,7 @@ import torch
 from facesr.model.checkpoint import ModelCard, load_checkpoint, save_checkpoint
 from facesr.model.errors import CheckpointError
 from facesr.model.landmark_quality import final_alignment_nrmse, landmark_summary
+from facesr.train.evaluate import PAPER_DEGRADATION
 
 
 def _evaluation_summary(report: dict[str, Any], test_set: str) -> dict[str, Any]:
@@ -34,6 +35,9 @@ def _evaluation_summary(report: dict[str, Any], test_set: str) -> dict[str, Any]
     }
 
 
+PAPER_LR = PAPER_DEGRADATION.describe()
+
+
 def release_checkpoint(
     source: str | Path,
     report_path: str | Path,
@@ -50,7 +54,19 @@ def release_checkpoint(
     can never show another model's scores.
     """
     loaded = load_checkpoint(source)
+    if loaded.card.training.get("stage") == "align":
+        raise CheckpointError(
+            f"{source} comes from an align run: only its alignment branch is trained; train DIC from it "
+            "(--init-alignment) and release that"
+        )
     report = json.loads(Path(report_path).read_text("utf-8"))
+    protocol = report.get("protocol")
+    lr_protocol = protocol.get("lr", PAPER_LR) if isinstance(protocol, dict) else PAPER_LR
+    if lr_protocol != PAPER_LR:
+        raise CheckpointError(
+            f"{report_path} was measured on shifted inputs ({lr_protocol}); a card records the test "
+            "set's own protocol: evaluate without --lr-kernel / --lr-jpeg-quality"
+        )
     model_id = str(report.get("model", {}).get("model_id", ""))
     if not model_id.endswith(loaded.sha256[:12]):
         raise CheckpointError(
@@ -61,7 +77,10 @@ def release_checkpoint(
     metrics["evaluation"] = _evaluation_summary(report, test_set)
     final_nrmse = final_alignment_nrmse(metrics["evaluation"]["methods"])
     if final_nrmse is not None:
-        metrics["landmarks"] = landmark_summary(final_nrmse, test_set)
+        metrics["landmarks"] = {
+            **landmark_summary(final_nrmse, test_set),
+            "num_images": metrics["evaluation"]["num_images"],
+        }
     else:
         metrics.pop("landmarks", None)
     update: dict[str, Any] = {"metrics": metrics}

@@ -18,14 +18,14 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from facesr.train.evaluate import BICUBIC, HR, Evaluation, MethodSummary, finite_or_none
+from facesr.train.evaluate import BICUBIC, HR, PAPER_DEGRADATION, Evaluation, MethodSummary, finite_or_none
 
 REPORT_JSON = "report.json"
 REPORT_MARKDOWN = "report.md"
 GRID_PNG = "grid.png"
 
 PROTOCOL = {
-    "lr": "HR 128x128 resized to 16x16 with PIL bicubic (antialiased)",
+    "lr": PAPER_DEGRADATION.describe(),
     "baseline": "LR resized to 128x128 with PIL bicubic",
     "image_metrics": (
         "PSNR and SSIM on BT.601 Y (16 + (65.481 R + 128.553 G + 24.966 B) / 255, rounded to uint8) after "
@@ -111,7 +111,8 @@ def markdown_table(evaluation: Evaluation) -> str:
     ]
     lines += [
         "",
-        f"PSNR/SSIM on BT.601 Y with a {data['border']}-pixel border cut; LR = PIL bicubic 128->16; "
+        f"PSNR/SSIM on BT.601 Y with a {data['border']}-pixel border cut; "
+        f"LR: {data.get('lr', PROTOCOL['lr'])}; "
         "bicubic = PIL bicubic 16->128. The authors' evaluation code scores SSIM on wrapped luma "
         "(uint8 Y x 255 = 256 - Y); that column is the one to set beside the paper's SSIM.",
         "NRMSE = RMS landmark error / ground-truth face width (x-extent of the 68 points). "

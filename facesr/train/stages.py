@@ -117,9 +117,9 @@ class DICStage:
             return self.ema.averaged_copy(self.generator.module)
         return self.generator.module
 
-    def validate(self, loader: DataLoader) -> ValidationResult:
-        """Final-step Y-PSNR (and the branch's NRMSE per step) of the evaluation weights on `loader`."""
-        return validate(self.evaluation_generator(), loader, self.context.device)
+    def validate(self, generator: DICGenerator, loader: DataLoader) -> ValidationResult:
+        """Final-step Y-PSNR (and the branch's NRMSE per step) of `generator` on `loader`."""
+        return validate(generator, loader, self.context.device)
 
     @staticmethod
     def score(result: ValidationResult) -> float:

@@ -22,13 +22,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from facesr.model.checkpoint import load_checkpoint
 from facesr.model.generator import DICGenerator, count_parameters, init_weights
 from facesr.train.align_stage import AlignmentStage
-from facesr.train.config import ConfigError, TrainConfig
+from facesr.train.config import ConfigError, InitSection, TrainConfig
 from facesr.train.dataset import AugmentedFaces, FaceFolder, PlainFaces
 from facesr.train.distributed import DistributedContext, setup_distributed, teardown_distributed
 from facesr.train.export import export_generator, model_card
@@ -57,26 +58,28 @@ class TrainResult:
     last_validation: ValidationResult | None
 
 
-def build_generator(config: TrainConfig) -> DICGenerator:
+def build_generator(config: TrainConfig, *, load_init: bool = True) -> DICGenerator:
     """The generator a run starts from.
 
     DIC and align stages: the SR branch gets the authors' init (kaiming-normal fan-in, zero bias); the
     alignment branch keeps PyTorch's default init, because kaiming init on the no-BN recurrent
     hourglass makes its heatmaps explode (~1e10 after 4 steps). Then `init.weights` (a whole facesr
-    checkpoint) and `init.alignment` (only its `HG.*` tensors) replace what they hold.
+    checkpoint of the same model configuration) and `init.alignment` (only its `HG.*` tensors, which
+    must have the run's shapes) replace what they hold. `load_init=False` (a resumed run, whose state
+    holds the weights) skips both.
     DICGAN stage: the weights of `gan.init_checkpoint` (a facesr checkpoint of a DIC run).
     """
-    if config.gan is not None:
-        generator = DICGenerator(config.dic_config())
-        _load_weights(generator, config.gan.init_checkpoint, "gan.init_checkpoint")
-        return generator
     generator = DICGenerator(config.dic_config())
+    if config.gan is not None:
+        if load_init:
+            _load_weights(generator, config.gan.init_checkpoint, "gan.init_checkpoint", same_config=True)
+        return generator
     for name, child in generator.named_children():
         if name != "HG":
             init_weights(child)
-    if config.init.weights is not None:
-        _load_weights(generator, config.init.weights, "init.weights")
-    if config.init.alignment is not None:
+    if load_init and config.init.weights is not None:
+        _load_weights(generator, config.init.weights, "init.weights", same_config=True)
+    if load_init and config.init.alignment is not None:
         _load_weights(generator, config.init.alignment, "init.alignment", prefix=ALIGNMENT_PREFIX)
     return generator
 
@@ -84,12 +87,20 @@ def build_generator(config: TrainConfig) -> DICGenerator:
 ALIGNMENT_PREFIX = "HG."
 
 
-def _load_weights(generator: DICGenerator, path: Path, role: str, *, prefix: str = "") -> None:
+def _load_weights(
+    generator: DICGenerator, path: Path, role: str, *, prefix: str = "", same_config: bool = False
+) -> None:
     """Copy the tensors whose names start with `prefix` from a facesr checkpoint into `generator`.
 
-    The checkpoint's configuration must size those tensors exactly as the generator's.
+    With `same_config` the checkpoint's model configuration must equal the generator's; otherwise the
+    copied tensors must have the generator's shapes.
     """
     loaded = load_checkpoint(path)
+    if same_config and loaded.config != generator.config:
+        raise ConfigError(
+            f"{role} {path}: its model {loaded.config.to_dict()} does not fit this run's "
+            f"{generator.config.to_dict()}"
+        )
     own = generator.state_dict()
     wanted = {key: value for key, value in loaded.state_dict.items() if key.startswith(prefix)}
     expected = {key for key in own if key.startswith(prefix)}
@@ -111,12 +122,31 @@ def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
     return [] if old == new else [prefix.rstrip(".")]
 
 
+def _saved_init(saved: dict[str, Any]) -> InitSection:
+    """The `init` section of a saved config, not re-validated (its files need not exist any more)."""
+    init = saved.get("init") or {}
+    paths = {key: None if init.get(key) is None else Path(init[key]) for key in ("weights", "alignment")}
+    return InitSection.model_construct(**paths)
+
+
+def _with_defaults(saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved config with every key a newer version added filled in with its default.
+
+    The saved `init` is left out of validation (its files may have moved since: they are not read
+    again when resuming).
+    """
+    try:
+        return {**TrainConfig.model_validate({**saved, "init": {}}).to_plain(), "init": saved.get("init")}
+    except ValidationError:
+        return saved  # compared as it is; the differences name what changed
+
+
 def check_resumable(saved: dict[str, Any], current: TrainConfig) -> None:
     """Refuse to resume when the config changed in a way that would change the result."""
     changed = [
         key
-        for key in _differences(saved, current.to_plain())
-        if not any(key == allowed or key.startswith(allowed) for allowed in RESUMABLE_CHANGES)
+        for key in _differences(_with_defaults(saved), current.to_plain())
+        if not any(key == allowed.rstrip(".") or key.startswith(allowed) for allowed in RESUMABLE_CHANGES)
     ]
     if changed:
         raise ConfigError(
@@ -176,6 +206,13 @@ class Trainer:
         self.progress = progress and context.is_main
         self.state_path = output_dir / STATE_FILE
         saved = self._load_saved_state(resume)
+        if saved is not None:  # where the run started is part of its record (config.yaml, cards)
+            config = config.model_copy(update={"init": _saved_init(saved["config"])})
+            self.config = config
+        if config.stage == "align" and context.is_distributed:
+            raise ConfigError(
+                "stage 'align' runs in one process (it is a few CPU minutes); start it without torchrun"
+            )
         torch.manual_seed(config.seed)  # the same initial weights (and EMA start) on every rank
 
         folder = FaceFolder.open(config.data.root)
@@ -194,7 +231,7 @@ class Trainer:
         self.loader = self._loader(self.train_set, self.sampler, config.train.batch_size)
         self.val_loader = DataLoader(self.val_set, batch_size=VAL_BATCH_SIZE, shuffle=False, num_workers=0)
 
-        generator = build_generator(config)
+        generator = build_generator(config, load_init=saved is None)
         self.stage = self._build_stage(generator)
         self.step = 0
         self.cpu_seconds_before = 0.0  # CPU time spent by earlier stretches of this run
@@ -299,7 +336,7 @@ class Trainer:
         """Rank 0 scores the evaluation weights, exports `best` on improvement and logs previews."""
         if self.context.is_main:
             generator = self.stage.evaluation_generator()
-            result = self.stage.validate(self.val_loader)
+            result = self.stage.validate(generator, self.val_loader)
             self.last_validation = result
             self.log.scalars("val", self.step, {**result.as_dict(), "cpu_hours": self._cpu_hours()})
             if self.stage.score(result) > self.best_score:

@@ -267,8 +267,9 @@ def test_image_response_decodes_to_rgb_with_content(service: RunningService):
     assert pixels.std() > 1.0
 
 
-def test_landmarks_of_a_model_that_failed_evaluation_are_withheld_and_said_so(png_face: bytes):
-    """A card whose test-set evaluation failed the landmarks: no points, a clear status instead."""
+@pytest.mark.parametrize(("nrmse", "status"), [(0.05, "passed"), (0.94, "failed")])
+def test_landmarks_follow_the_verdict_in_the_model_card(png_face: bytes, nrmse: float, status: str):
+    """Passed: points with confidences. Failed: no points, and the response says why."""
     from facesr.model.checkpoint import ModelCard
     from facesr.model.generator import DICGenerator
     from facesr.model.landmark_quality import landmark_summary
@@ -277,7 +278,7 @@ def test_landmarks_of_a_model_that_failed_evaluation_are_withheld_and_said_so(pn
     card = ModelCard(
         name=MODEL_NAME,
         config=TINY_CONFIG.to_dict(),
-        metrics={"landmarks": landmark_summary(0.94, "helen-50")},
+        metrics={"landmarks": landmark_summary(nrmse, "helen-50")},
     )
     engine = FaceSR(DICGenerator(TINY_CONFIG), card, device="cpu", dtype="fp32")
     service = start_embedded(engine)
@@ -286,7 +287,17 @@ def test_landmarks_of_a_model_that_failed_evaluation_are_withheld_and_said_so(pn
         image_only = post_image(service, png_face)
     finally:
         service.close()
-    assert body["landmarks"] is None
-    assert body["landmark_quality"]["status"] == "failed"
-    assert "withheld" in body["landmark_quality"]["message"]
-    assert image_only.status_code == 200, "the image itself is still served"
+    assert body["landmark_quality"]["status"] == status
+    assert image_only.status_code == 200, "the image itself is always served"
+    if status == "failed":
+        assert body["landmarks"] is None
+        assert "withheld" in body["landmark_quality"]["message"]
+    else:
+        assert len(body["landmarks"]) == 68
+        assert all(0 <= p["confidence"] <= 1 for p in body["landmarks"])
+
+
+def test_openapi_documents_landmarks_with_confidence(service: RunningService):
+    schemas = service.client.get("/openapi.json").json()["components"]["schemas"]
+    assert set(schemas["LandmarkPoint"]["properties"]) == {"x", "y", "confidence"}
+    assert "landmark_quality" in schemas["SuperResolved"]["properties"]

@@ -266,3 +266,28 @@ def test_a_poison_item_is_isolated_by_bisection() -> None:
     assert out[0] == "A" and out[2] == "C"
     assert isinstance(out[1], ItemFailure) and out[1].kind == "internal"
     assert "cannot handle this one" in out[1].message
+
+
+@pytest.mark.parametrize(
+    ("landmarks", "status"),
+    [
+        ([[1.0, 2.0]], None),  # pairs of an older worker
+        ([[1.0, 2.0, 1.5]], None),  # confidence out of range
+        ([[1.0, None, 0.5]], None),
+        ([[True, 2.0, 0.5]], None),
+        ("68 points", None),
+        ([[1.0, 2.0, 0.5]] * 2000, None),  # far more points than any model has
+        (None, ["passed"]),
+        (None, "excellent"),
+    ],
+)
+def test_malformed_landmark_fields_of_a_reply_are_codec_errors(landmarks: object, status: object) -> None:
+    """Replies are read back from Redis: a bad landmark field is refused here, not turned into a 500 later."""
+    good = encode_result(JobResult(request_id="r", ok=True, sr_rgb=bytes(HR_BYTES)))
+    head_len = int.from_bytes(good[:4], "big")
+    header = json.loads(good[4 : 4 + head_len])
+    header["landmarks"], header["landmark_status"] = landmarks, status
+    head = json.dumps(header).encode()
+    frame = len(head).to_bytes(4, "big") + head + good[4 + head_len :]
+    with pytest.raises(CodecError):
+        decode_result(frame)

@@ -251,7 +251,7 @@ def test_shifted_input_distribution_is_applied_to_model_and_baseline_alike(
     report = json.loads((out / "report.json").read_text())
     assert (
         report["protocol"]["lr"]
-        == "HR 128x128 resized to 16x16 with PIL box, then JPEG-compressed at quality 50"
+        == "HR 128x128 resized to 16x16 with PIL box (antialiased), then JPEG-compressed at quality 50"
     )
 
     names = (dataset_dir / "list.txt").read_text().split()

@@ -67,3 +67,53 @@ def test_release_refuses_a_report_of_another_model(trained: Path, tmp_path: Path
     assert result.exit_code == 1
     assert "not" in result.output and "evaluate" in result.output
     assert not out.exists()
+
+
+def _write_report(tmp_path: Path, model_id: str, *, final_nrmse: float | None, lr: str | None = None) -> Path:
+    path = _report(tmp_path, model_id)
+    report = json.loads(path.read_text())
+    report["methods"] = [
+        {"method": "bicubic", "psnr_y": 23.8, "nrmse_alignment": None},
+        {"method": "step_1", "psnr_y": 24.5, "nrmse_alignment": 0.3},
+        {"method": "step_2", "psnr_y": 24.9, "nrmse_alignment": final_nrmse},
+    ]
+    if lr is not None:
+        report["protocol"] = {"lr": lr}
+    path.write_text(json.dumps(report))
+    return path
+
+
+@pytest.mark.parametrize(("final_nrmse", "passed"), [(0.048, True), (0.94, False)])
+def test_release_records_the_landmark_verdict_of_the_final_step(
+    trained: Path, tmp_path: Path, final_nrmse: float, passed: bool
+) -> None:
+    from facesr.model.landmark_quality import landmark_quality
+
+    sha = load_checkpoint(trained).sha256
+    report = _write_report(tmp_path, f"run-{sha[:12]}", final_nrmse=final_nrmse)
+    out = tmp_path / "default.safetensors"
+    result = runner.invoke(app, ["release", str(trained), "--report", str(report), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    card = load_checkpoint(out).card
+    assert card.metrics["landmarks"]["nrmse"] == pytest.approx(final_nrmse)
+    assert card.metrics["landmarks"]["passed"] is passed and card.metrics["landmarks"]["num_images"] == 50
+    assert landmark_quality(card).status == ("passed" if passed else "failed")
+
+
+def test_release_refuses_reports_on_shifted_inputs(trained: Path, tmp_path: Path) -> None:
+    sha = load_checkpoint(trained).sha256
+    shifted = "HR 128x128 resized to 16x16 with PIL box (antialiased), then JPEG-compressed at quality 50"
+    report = _write_report(tmp_path, f"run-{sha[:12]}", final_nrmse=0.05, lr=shifted)
+    out = tmp_path / "default.safetensors"
+    result = runner.invoke(app, ["release", str(trained), "--report", str(report), "-o", str(out)])
+    assert result.exit_code == 1 and "shifted inputs" in result.output and not out.exists()
+
+
+def test_release_refuses_an_align_stage_checkpoint(tmp_path: Path) -> None:
+    path = tmp_path / "align.safetensors"
+    card = ModelCard(name="align", config={}, training={"stage": "align"})
+    save_checkpoint(path, DICGenerator(DICConfig.tiny()), DICConfig.tiny(), card)
+    report = _write_report(tmp_path, f"align-{load_checkpoint(path).sha256[:12]}", final_nrmse=0.05)
+    out = tmp_path / "default.safetensors"
+    result = runner.invoke(app, ["release", str(path), "--report", str(report), "-o", str(out)])
+    assert result.exit_code == 1 and "align run" in result.output and not out.exists()

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from facesr.model.checkpoint import load_checkpoint, load_generator
 from facesr.train.config import ConfigError, TrainConfig
@@ -202,3 +203,39 @@ def test_states_saved_before_data_licence_existed_can_be_resumed(
     saved["data"]["val_seed"] += 1
     with pytest.raises(ConfigError, match=r"data\.val_seed"):
         check_resumable(saved, config)
+
+
+def test_states_saved_before_the_align_stage_existed_can_be_resumed(
+    make_config: Callable[..., TrainConfig],
+) -> None:
+    """Keys added later (init, alignment, heatmap loss, layout) take their defaults when resuming."""
+    config = make_config()
+    saved = config.to_plain()
+    for section, key in (("loss", "heatmap_kind"), ("loss", "foreground_weight"), ("train", "channels_last")):
+        del saved[section][key]
+    del saved["init"], saved["alignment"]
+    check_resumable(saved, config)
+    saved["loss"]["heatmap"] = 0.5
+    with pytest.raises(ConfigError, match=r"loss\.heatmap"):
+        check_resumable(saved, config)
+
+
+def test_resuming_a_run_started_with_init_keeps_its_record_and_needs_no_init_file(
+    make_config: Callable[..., TrainConfig], tmp_path: Path
+) -> None:
+    start = run_training(make_config({"train": {"iterations": 1}}), tmp_path / "start", progress=False)
+    assert start.final_checkpoint is not None
+    moved = tmp_path / "start.safetensors"
+    start.final_checkpoint.rename(moved)
+    short = make_config({"train": {"iterations": 2}}).with_init(weights=moved)
+    run_training(short, tmp_path / "run", progress=False)
+    moved.unlink()  # the state holds the weights now; the file it started from may be gone
+
+    longer = make_config({"train": {"iterations": 3}})  # the YAML as written: no init section
+    resumed = run_training(longer, tmp_path / "run", resume=True, progress=False)
+    assert resumed.step == 3
+    card = load_checkpoint(resumed.final_checkpoint).card
+    assert card.training["config"]["init"]["weights"] == str(moved)
+    assert f"weights from {moved.name}" in card.provenance
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text(encoding="utf-8"))
+    assert saved["init"]["weights"] == str(moved)

@@ -24,7 +24,7 @@ import struct
 from collections.abc import Mapping
 from typing import Any, Final
 
-from facesr.service.queue.jobs import Job, JobOptions, JobResult
+from facesr.service.queue.jobs import LANDMARK_STATUSES, Job, JobOptions, JobResult
 
 VERSION: Final = 1
 _HEADER_LEN = struct.Struct(">I")
@@ -123,6 +123,36 @@ def encode_result(result: JobResult) -> bytes:
     return b"".join([_HEADER_LEN.pack(len(head)), head, *blobs])
 
 
+MAX_LANDMARKS: Final = 1024
+
+
+def _landmarks(value: Any) -> list[list[float]] | None:
+    """A reply's landmarks: None, or up to MAX_LANDMARKS finite [x, y, confidence], confidence in [0, 1]."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or len(value) > MAX_LANDMARKS:
+        raise CodecError("reply landmarks must be a list of at most 1024 points")
+    points = []
+    for point in value:
+        if (
+            not isinstance(point, list)
+            or len(point) != 3
+            or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in point)
+        ):
+            raise CodecError("each reply landmark must be [x, y, confidence] numbers")
+        x, y, confidence = (float(v) for v in point)
+        if not (math.isfinite(x) and math.isfinite(y) and 0.0 <= confidence <= 1.0):
+            raise CodecError("reply landmarks must be finite, with a confidence within [0, 1]")
+        points.append([x, y, confidence])
+    return points
+
+
+def _landmark_status(value: Any) -> str | None:
+    if value is None or value in LANDMARK_STATUSES:
+        return value
+    raise CodecError("reply landmark_status is not one of passed, failed, unevaluated, absent")
+
+
 def decode_result(frame: bytes) -> JobResult:
     """Inverse of :func:`encode_result`; checks that the blob lengths add up."""
     if len(frame) < _HEADER_LEN.size:
@@ -147,8 +177,8 @@ def decode_result(frame: bytes) -> JobResult:
             ok=bool(header["ok"]),
             sr_rgb=sr,
             step_rgb=steps,
-            landmarks=header["landmarks"],
-            landmark_status=header.get("landmark_status"),
+            landmarks=_landmarks(header["landmarks"]),
+            landmark_status=_landmark_status(header.get("landmark_status")),
             model_id=header["model_id"],
             worker_id=header["worker_id"],
             timings={str(k): float(v) for k, v in (header["timings"] or {}).items()},

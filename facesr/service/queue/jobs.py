@@ -20,6 +20,9 @@ HR_SIZE: Final = 128
 LR_BYTES: Final = LR_SIZE * LR_SIZE * 3
 HR_BYTES: Final = HR_SIZE * HR_SIZE * 3
 
+#: What a result's ``landmark_status`` can say (the model card's verdict on its landmarks).
+LANDMARK_STATUSES: Final[frozenset[str]] = frozenset({"passed", "failed", "unevaluated", "absent"})
+
 ErrorKind = Literal["expired", "cancelled", "bad_input", "oom", "dead_letter", "internal"]
 ERROR_KINDS: Final[frozenset[str]] = frozenset(
     {"expired", "cancelled", "bad_input", "oom", "dead_letter", "internal"}
