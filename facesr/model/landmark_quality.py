@@ -2,9 +2,8 @@
 
 `facesr release` writes `metrics.landmarks` into the card from the test-set evaluation: the alignment
 branch's NRMSE at the final step (RMS point error / ground-truth face width) and whether it passed.
-A branch that does no better than `PASS_NRMSE` has not learnt where the points are: predicting the
-average training face shape for every face already scores about 0.097 on Helen-50, so a model at or
-above 0.10 adds nothing. Callers are told the status with every answer; points of a branch that
+A branch at or above `PASS_NRMSE` has not learnt where the points are: predicting the average
+training face shape for every face already scores 0.097 on Helen-50, so the bar sits below that. Callers are told the status with every answer; points of a branch that
 failed are withheld instead of being presented as if they were good.
 """
 
@@ -17,7 +16,7 @@ from typing import Any, Literal
 from facesr.model.checkpoint import ModelCard
 
 #: Final-step alignment NRMSE (width-normalised) at or above which a checkpoint's landmarks fail.
-PASS_NRMSE = 0.10
+PASS_NRMSE = 0.09
 
 LandmarkStatus = Literal["passed", "failed", "unevaluated", "absent"]
 
