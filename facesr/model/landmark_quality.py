@@ -3,8 +3,9 @@
 `facesr release` writes `metrics.landmarks` into the card from the test-set evaluation: the alignment
 branch's NRMSE at the final step (RMS point error / ground-truth face width) and whether it passed.
 A branch at or above `PASS_NRMSE` has not learnt where the points are: predicting the average
-training face shape for every face already scores 0.097 on Helen-50, so the bar sits below that. Callers are told the status with every answer; points of a branch that
-failed are withheld instead of being presented as if they were good.
+training face shape for every face already scores 0.097 on Helen-50, so the bar sits below that.
+Callers are told the status with every answer; points of a branch that failed are withheld instead
+of being presented as if they were good.
 """
 
 from __future__ import annotations

@@ -211,7 +211,8 @@ class Trainer:
             self.config = config
         if config.stage == "align" and context.is_distributed:
             raise ConfigError(
-                "stage 'align' runs in one process (about 0.65 CPU-hours at the CPU width); start it without torchrun"
+                "stage 'align' runs in one process (about 0.65 CPU-hours at the CPU width); "
+                "start it without torchrun"
             )
         torch.manual_seed(config.seed)  # the same initial weights (and EMA start) on every rank
 
