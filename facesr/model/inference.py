@@ -190,8 +190,9 @@ def landmark_points(result: FaceResult) -> list[dict[str, float]] | None:
     """A result's landmarks as JSON-able points: `{"x", "y", "confidence"}` (2 and 4 decimals)."""
     if result.landmarks is None:
         return None
-    confidence = result.confidence if result.confidence is not None else np.zeros(len(result.landmarks))
+    if result.confidence is None:
+        raise ValueError("a result with landmarks must carry their confidences")
     return [
         {"x": round(float(x), 2), "y": round(float(y), 2), "confidence": round(float(c), 4)}
-        for (x, y), c in zip(result.landmarks, confidence, strict=True)
+        for (x, y), c in zip(result.landmarks, result.confidence, strict=True)
     ]

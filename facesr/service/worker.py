@@ -84,7 +84,8 @@ class Engine(Protocol):
 
     def enhance_tensor(self, lr: np.ndarray, *, return_steps: bool = False) -> list[Any]:
         """N x 16 x 16 x 3 uint8 RGB -> N results with ``image`` (128 x 128 x 3 uint8), ``landmarks``
-        (68 x 2 float, output pixels, or None) and ``steps`` (list of images, or None)."""
+        (68 x 2 float, output pixels, or None), ``confidence`` (68 floats in [0, 1] beside the
+        landmarks) and ``steps`` (list of images, or None)."""
         ...
 
 
@@ -410,15 +411,11 @@ class Worker:
         status = quality.status if quality is not None else None
         if job.options.landmarks and output.landmarks is not None and not (quality and quality.withheld):
             points = np.asarray(output.landmarks, dtype=np.float64)
-            confidence = getattr(output, "confidence", None)
-            scores = (
-                np.full(len(points), np.nan) if confidence is None else np.asarray(confidence, np.float64)
-            )
-            if not np.isfinite(points).all():
+            scores = np.asarray(output.confidence, dtype=np.float64)
+            if not (np.isfinite(points).all() and np.isfinite(scores).all()):
                 # NaN/inf (e.g. an fp16 overflow) cannot be sent as JSON and would turn into a 500 later.
                 raise NonFiniteOutputError("the model produced non-finite landmarks for this face")
-            scores = np.clip(np.where(np.isfinite(scores), scores, 0.0), 0.0, 1.0)
-            landmarks = np.column_stack([points.round(3), scores.round(4)]).tolist()
+            landmarks = np.column_stack([points.round(3), np.clip(scores, 0.0, 1.0).round(4)]).tolist()
         return JobResult(
             request_id=job.request_id,
             ok=True,

@@ -149,28 +149,32 @@ class AlignmentStage:
         self.branch.eval()
         blurred: list[list[float]] = [[] for _ in range(self.steps)]
         sharp: list[float] = []
+        heatmap_errors: list[float] = []
         try:
             for batch in loader:
                 lr = batch["lr"].to(self.context.device)
                 hr = batch["hr"].to(self.context.device)
                 truth = batch["landmarks"].numpy()
                 blur = blurred_like_lr(lr, hr.shape[-1])
-                for step, heatmaps in enumerate(unroll(self.branch, [blur] * self.steps)):
+                steps = unroll(self.branch, [blur] * self.steps)
+                for step, heatmaps in enumerate(steps):
                     points = decode_heatmaps(heatmaps).cpu().numpy()
                     blurred[step] += [landmark_nrmse(p, t) for p, t in zip(points, truth, strict=True)]
+                error = (steps[-1].float().cpu() - batch["heatmaps"]) ** 2
+                heatmap_errors += error.mean(dim=(1, 2, 3)).tolist()
                 final = unroll(self.branch, [hr] * self.steps)[-1]
                 points = decode_heatmaps(final).cpu().numpy()
                 sharp += [landmark_nrmse(p, t) for p, t in zip(points, truth, strict=True)]
         finally:
             self.branch.train(was_training)
-        steps = tuple(float(np.mean(values)) for values in blurred)
+        per_step = tuple(float(np.mean(values)) for values in blurred)
         return ValidationResult(
             psnr_y=None,
             psnr_y_bicubic=None,
-            heatmap_mse=math.nan,
+            heatmap_mse=float(np.mean(heatmap_errors)),
             count=len(sharp),
-            nrmse=steps[-1],
-            nrmse_steps=steps,
+            nrmse=per_step[-1],
+            nrmse_steps=per_step,
             nrmse_sharp=float(np.mean(sharp)),
         )
 

@@ -58,6 +58,10 @@ class TrainResult:
     last_validation: ValidationResult | None
 
 
+#: The alignment branch's tensors in a generator state dict (what `init.alignment` copies).
+ALIGNMENT_PREFIX = "HG."
+
+
 def build_generator(config: TrainConfig, *, load_init: bool = True) -> DICGenerator:
     """The generator a run starts from.
 
@@ -82,9 +86,6 @@ def build_generator(config: TrainConfig, *, load_init: bool = True) -> DICGenera
     if load_init and config.init.alignment is not None:
         _load_weights(generator, config.init.alignment, "init.alignment", prefix=ALIGNMENT_PREFIX)
     return generator
-
-
-ALIGNMENT_PREFIX = "HG."
 
 
 def _load_weights(

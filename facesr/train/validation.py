@@ -27,7 +27,8 @@ class ValidationResult:
     Attributes:
         psnr_y: final-step Y-PSNR in dB (None in the align stage, which makes no images).
         psnr_y_bicubic: Y-PSNR of PIL-bicubic upscaling of the same LR images (None likewise).
-        heatmap_mse: MSE of the final-step heatmaps against the ground truth (NaN without landmarks).
+        heatmap_mse: MSE of the final-step heatmaps against the ground truth (None without landmarks;
+            in the align stage, on blurred faces).
         count: number of faces.
         nrmse: the alignment branch's landmark NRMSE at the final step (RMS error / face width; None
             without landmarks); in the align stage, on blurred faces.
@@ -37,7 +38,7 @@ class ValidationResult:
 
     psnr_y: float | None
     psnr_y_bicubic: float | None
-    heatmap_mse: float
+    heatmap_mse: float | None
     count: int
     nrmse: float | None = None
     nrmse_steps: tuple[float, ...] = field(default_factory=tuple)
@@ -65,7 +66,7 @@ class ValidationResult:
         return cls(
             psnr_y=_optional(values["psnr_y"]),
             psnr_y_bicubic=_optional(values["psnr_y_bicubic"]),
-            heatmap_mse=float(values["heatmap_mse"]),
+            heatmap_mse=_optional(values["heatmap_mse"]),
             count=int(values["count"]),
             nrmse=_optional(values.get("nrmse")),
             nrmse_steps=tuple(float(values[key]) for key in steps),
@@ -120,7 +121,7 @@ def validate(generator: DICGenerator, loader: DataLoader, device: torch.device) 
     return ValidationResult(
         psnr_y=float(np.mean(scores)),
         psnr_y_bicubic=float(np.mean(baseline)),
-        heatmap_mse=float(np.mean(heatmap_errors)) if heatmap_errors else float("nan"),
+        heatmap_mse=float(np.mean(heatmap_errors)) if heatmap_errors else None,
         count=len(scores),
         nrmse=float(np.mean(step_errors[-1])) if step_errors else None,
         nrmse_steps=tuple(float(np.mean(errors)) for errors in step_errors),

@@ -77,6 +77,7 @@ def test_align_run_selects_on_landmark_error_and_exports_the_branch(
     assert len(validation.nrmse_steps) == 2 and validation.nrmse == validation.nrmse_steps[-1]
     assert 0 < validation.nrmse < 10 and 0 < validation.nrmse_sharp < 10
     assert validation.psnr_y is None, "the align stage does not score images"
+    assert validation.heatmap_mse is not None and 0 < validation.heatmap_mse < 10
     card = load_checkpoint(result.best_checkpoint).card
     assert card.training["stage"] == "align" and "not for serving" in card.description
     records = [json.loads(line) for line in (tmp_path / "align" / "metrics.jsonl").read_text().splitlines()]
