@@ -19,7 +19,7 @@ FROM ${CUDA_BASE_IMAGE} AS builder
 
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu130
-# 1: fail the build when the package carries no bundled checkpoint (facesr/checkpoints/default.safetensors);
+# 1: fail the build when the package carries no bundled checkpoint (model/checkpoints/default.safetensors);
 # 0: build an image that is always given a mounted checkpoint through FACESR_CHECKPOINT.
 ARG REQUIRE_BUNDLED_CHECKPOINT=1
 
@@ -53,11 +53,12 @@ RUN --mount=type=cache,target=/root/.cache/pip \
     && pip install -r /tmp/requirements.txt
 
 # The package itself, not editable: the bundled checkpoint travels inside site-packages as package data.
-COPY facesr ./facesr
+COPY model ./model
+COPY service ./service
 RUN --mount=type=cache,target=/root/.cache/pip \
     pip install --no-deps . \
     && facesr --help > /dev/null \
-    && python -c "import sys; from facesr.model.checkpoint import DEFAULT_CHECKPOINT as p; \
+    && python -c "import sys; from facesr.model.checkpoints import DEFAULT_CHECKPOINT as p; \
 print('bundled checkpoint:', p, 'present' if p.is_file() else 'MISSING'); \
 sys.exit(1 if ${REQUIRE_BUNDLED_CHECKPOINT} and not p.is_file() else 0)"
 

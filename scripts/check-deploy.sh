@@ -5,7 +5,7 @@
 #   prometheus     deploy/prometheus.yml (promtool check config, which also checks the rule files it loads)
 #   alerts         deploy/prometheus/alerts.yml parsed (promtool check rules) and unit-tested (promtool test rules)
 #   dashboards     every Grafana panel query parsed as PromQL (promtool check rules on a generated file)
-#   metric-names   every metric and label the alerts and dashboards use exists in facesr/service/metrics.py
+#   metric-names   every metric and label the alerts and dashboards use exists in service/metrics.py
 #   k8s            deploy/k8s against the Kubernetes schemas (strict) and KEDA's ScaledObject against ours
 #   dockerfile     hadolint
 #   invariants     pytest tests/deploy (GPU reservation, grace periods, probes, names shared with the code ...)

@@ -1,6 +1,6 @@
 """Command-line entry points of scripts/check-deploy.sh (run from the repository root):
 
-    python -m tests.deploy.check metric-names         alert/dashboard queries vs. facesr/service/metrics.py
+    python -m tests.deploy.check metric-names         alert/dashboard queries vs. service/metrics.py
     python -m tests.deploy.check dashboard-rules OUT  dashboard queries as rules, for `promtool check rules`
     python -m tests.deploy.check k8s                  Kubernetes manifests vs. their schemas
 

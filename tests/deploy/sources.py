@@ -25,8 +25,8 @@ ALERT_RULES = DEPLOY_DIR / "prometheus" / "alerts.yml"
 ALERT_TESTS = DEPLOY_DIR / "prometheus" / "alerts.test.yml"
 GRAFANA_DIR = DEPLOY_DIR / "grafana"
 DASHBOARDS_DIR = GRAFANA_DIR / "dashboards"
-METRICS_MODULE = REPO_ROOT / "facesr" / "service" / "metrics.py"
-BUNDLED_CHECKPOINT = REPO_ROOT / "facesr" / "checkpoints" / "default.safetensors"
+METRICS_MODULE = REPO_ROOT / "service" / "metrics.py"
+BUNDLED_CHECKPOINT = REPO_ROOT / "model" / "checkpoints" / "default.safetensors"
 KEDA_SCHEMA = Path(__file__).resolve().parent / "schemas" / "keda-scaledobject.schema.json"
 
 

@@ -82,7 +82,7 @@ def test_build_context_is_a_whitelist() -> None:
     ]
     assert patterns[0] == "*", "exclude everything first, then name what the build needs"
     included = {pattern[1:] for pattern in patterns if pattern.startswith("!")}
-    assert {"pyproject.toml", "README.md", "facesr", "deploy/docker"} <= included
+    assert {"pyproject.toml", "README.md", "model", "service", "deploy/docker"} <= included
     assert not included & {".venv", ".git", ".cache", "tests", "runs", "data"}
     for keyword, arguments in _instructions():
         if keyword == "COPY" and not arguments.startswith("--from"):

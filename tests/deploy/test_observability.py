@@ -37,7 +37,7 @@ def alert_rules() -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def known_series() -> dict[str, MetricDefinition]:
-    assert sources.METRICS_MODULE.is_file(), "facesr/service/metrics.py defines every metric"
+    assert sources.METRICS_MODULE.is_file(), "service/metrics.py defines every metric"
     return series_index(read_metric_definitions(sources.METRICS_MODULE))
 
 

@@ -11,10 +11,10 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from facesr.cli import app
 from facesr.model.checkpoint import ModelCard, save_checkpoint
 from facesr.model.config import DICConfig
 from facesr.model.generator import DICGenerator
+from facesr.service.cli import app
 
 runner = CliRunner()
 

@@ -115,7 +115,7 @@ def test_cli_exits_non_zero_with_a_message(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "facesr.cli",
+            "facesr.service.cli",
             "convert-official",
             str(source),
             str(tmp_path / "o.safetensors"),

@@ -15,8 +15,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
-from facesr.cli import app
 from facesr.service.api import backends
+from facesr.service.cli import app
 from tests.service.conftest import encode, face_array
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -132,7 +132,7 @@ def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[
     clean.pop("PROMETHEUS_MULTIPROC_DIR", None)
     with log.open("wb") as sink:
         return subprocess.Popen(
-            [sys.executable, "-m", "facesr.cli", *args],
+            [sys.executable, "-m", "facesr.service.cli", *args],
             cwd=REPO_ROOT,
             env={**clean, "OMP_NUM_THREADS": "1", **env},
             stdout=sink,

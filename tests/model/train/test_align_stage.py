@@ -14,8 +14,8 @@ from facesr.model.checkpoint import load_checkpoint
 from facesr.train.align_stage import AlignmentStage, blurred_like_lr, step_images
 from facesr.train.config import ConfigError, TrainConfig
 from facesr.train.trainer import build_generator, run_training
-from tests.train.conftest import merged
-from tests.train.helpers import CPU, first_batch
+from tests.model.train.conftest import merged
+from tests.model.train.helpers import CPU, first_batch
 
 ALIGN = {
     "stage": "align",

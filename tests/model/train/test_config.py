@@ -11,7 +11,7 @@ import yaml
 from facesr.model.config import DICConfig
 from facesr.train.config import ConfigError, load_config, parse_config
 from facesr.train.export import model_card
-from tests.train.conftest import CONFIG_DIR, merged
+from tests.model.train.conftest import CONFIG_DIR, merged
 
 DIC_CONFIGS = ["dic-helen", "dic-celeba", "cpu-reduced", "tiny-test"]
 DICGAN_CONFIGS = ["dicgan-helen", "dicgan-celeba"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from facesr.model.checkpoint import DEFAULT_CHECKPOINT
+from facesr.model.checkpoints import DEFAULT_CHECKPOINT
 from facesr.model.errors import CheckpointError
 from facesr.service.queue.base import QueueBackend
 from facesr.service.settings import ServiceSettings

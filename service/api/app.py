@@ -15,7 +15,6 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from facesr import __version__
 from facesr.service import metrics
 from facesr.service.api.backends import build_backend
 from facesr.service.api.guards import API_KEY_HEADER, PROTECTED_PREFIX, HeaderGuardMiddleware
@@ -26,6 +25,7 @@ from facesr.service.api.state import ServiceState
 from facesr.service.errors import install_error_handlers
 from facesr.service.queue.base import QueueBackend
 from facesr.service.settings import ServiceSettings
+from facesr.service.version import __version__
 
 logger = logging.getLogger("facesr.service")
 

@@ -8,8 +8,8 @@ from typing import Any
 import yaml
 from typer.testing import CliRunner
 
-from facesr.cli import app
-from tests.train.conftest import merged
+from facesr.service.cli import app
+from tests.model.train.conftest import merged
 
 
 def write_config(path: Path, data: dict[str, Any]) -> Path:

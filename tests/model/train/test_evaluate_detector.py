@@ -10,10 +10,10 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from facesr.cli import app
 from facesr.model.checkpoint import ModelCard, save_checkpoint
 from facesr.model.config import DICConfig
 from facesr.model.generator import DICGenerator
+from facesr.service.cli import app
 from facesr.train.landmark_detector import LandmarkDetectorError, OnnxLandmarkDetector
 from facesr.train.metrics import landmark_nrmse
 

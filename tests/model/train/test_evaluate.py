@@ -16,11 +16,11 @@ from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio
 from typer.testing import CliRunner
 
-from facesr.cli import app
 from facesr.model.checkpoint import ModelCard, save_checkpoint
 from facesr.model.config import DICConfig
 from facesr.model.generator import DICGenerator
 from facesr.model.inference import FaceSR
+from facesr.service.cli import app
 from facesr.train.evaluate import (
     Degradation,
     EvaluationError,

@@ -16,9 +16,9 @@ import yaml
 from facesr.train.config import parse_config
 from facesr.train.state import load_training_state
 from facesr.train.trainer import STATE_FILE, build_generator, run_training
-from tests.train.conftest import merged
+from tests.model.train.conftest import merged
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
 def train_losses(run_dir: Path) -> list[float]:
@@ -42,7 +42,7 @@ def test_two_processes_of_batch_one_match_one_process_of_batch_two(
     config_file.write_text(yaml.safe_dump(ddp_data), encoding="utf-8")
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-        "-m", "facesr.cli", "train", "--config", str(config_file), "--output", str(tmp_path / "ddp"),
+        "-m", "facesr.service.cli", "train", "--config", str(config_file), "--output", str(tmp_path / "ddp"),
         "--device", "cpu", "--no-progress",
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

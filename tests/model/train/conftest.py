@@ -11,9 +11,9 @@ import pytest
 import yaml
 
 from facesr.train.config import TrainConfig, parse_config
-from tests.train.helpers import write_face_folder
+from tests.model.train.helpers import write_face_folder
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+CONFIG_DIR = Path(__file__).resolve().parents[3] / "configs"
 
 
 def merged(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from facesr.cli import app
+from facesr.service.cli import app
 from facesr.train.prepare import (
     CropRule,
     PrepareError,

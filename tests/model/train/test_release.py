@@ -9,10 +9,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from facesr.cli import app
 from facesr.model.checkpoint import ModelCard, load_checkpoint, save_checkpoint
 from facesr.model.config import DICConfig
 from facesr.model.generator import DICGenerator
+from facesr.service.cli import app
 
 runner = CliRunner()
 

@@ -15,7 +15,7 @@ from facesr.train.config import ConfigError, TrainConfig
 from facesr.train.stages import DICStage
 from facesr.train.state import TrainingStateError, load_training_state
 from facesr.train.trainer import STATE_FILE, build_generator, check_resumable, run_training
-from tests.train.helpers import CPU, first_batch
+from tests.model.train.helpers import CPU, first_batch
 
 
 def test_loss_falls_on_a_repeated_batch(make_config: Callable[..., TrainConfig]) -> None:

@@ -25,7 +25,6 @@ from facesr.model.generator import DICGenerator
 from facesr.model.normalization import RGB_MEAN
 
 FORMAT = "facesr.dic/1"
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "default.safetensors"
 _MAX_REPORTED = 6
 
 

@@ -20,8 +20,8 @@ from facesr.train.perceptual import (
 from facesr.train.stages import DICGANStage
 from facesr.train.state import load_training_state
 from facesr.train.trainer import STATE_FILE, build_generator, run_training
-from tests.train.conftest import CONFIG_DIR, merged
-from tests.train.helpers import CPU, first_batch
+from tests.model.train.conftest import CONFIG_DIR, merged
+from tests.model.train.helpers import CPU, first_batch
 
 
 @pytest.fixture(scope="module")

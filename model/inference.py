@@ -12,7 +12,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from facesr.model.checkpoint import DEFAULT_CHECKPOINT, ModelCard, load_checkpoint
+from facesr.model.checkpoint import ModelCard, load_checkpoint
+from facesr.model.checkpoints import DEFAULT_CHECKPOINT
 from facesr.model.config import DICConfig
 from facesr.model.device import dtype_name, resolve_device, resolve_dtype
 from facesr.model.errors import CheckpointError, InputImageError

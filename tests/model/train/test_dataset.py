@@ -14,7 +14,7 @@ from facesr.model.normalization import tensor_to_images
 from facesr.train.config import AugmentSection
 from facesr.train.dataset import AugmentedFaces, DatasetError, FaceFolder, PlainFaces, downscale_to_lr
 from facesr.train.sampler import EpochSampler
-from tests.train.helpers import write_face_folder
+from tests.model.train.helpers import write_face_folder
 
 
 @pytest.fixture
