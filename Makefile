@@ -10,16 +10,24 @@ PORT ?= 8000
 
 .PHONY: venv serve test lint check-deploy ci clean
 
-venv: $(VENV)/.installed
+# `make serve` installs what serving needs (the API and the model runtime); everything else (tests, lint,
+# deployment checks) needs the development set, which adds the training package and the test tools.
+venv: $(VENV)/.dev-installed
 
-$(VENV)/.installed: pyproject.toml
+$(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install "$(TORCH_SPEC)"
+
+$(VENV)/.serve-installed: pyproject.toml | $(PY)
+	$(PY) -m pip install -e ".[model]"
+	touch $@
+
+$(VENV)/.dev-installed: pyproject.toml | $(PY)
 	$(PY) -m pip install -e ".[dev]"
 	touch $@
 
-serve: venv
+serve: $(VENV)/.serve-installed
 	$(VENV)/bin/facesr serve --host $(HOST) --port $(PORT)
 
 test: venv
@@ -30,6 +38,7 @@ test: venv
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+
 
 check-deploy: venv
 	scripts/check-deploy.sh

@@ -16,7 +16,7 @@ from facesr.model import cli as model_cli
 from facesr.service import commands as service_commands
 
 # Modules that only the training extra installs; their presence is what "training is installed" means.
-TRAINING_REQUIREMENTS = ("torch", "skimage", "onnxruntime", "yaml")
+TRAINING_REQUIREMENTS = ("torch", "yaml", "onnxruntime")
 TRAINING_HINT = (
     "Training commands (prepare, evaluate, train, release) are not installed here; "
     "get them with: pip install 'facesr[train]'"
