@@ -1,21 +1,118 @@
 # syntax=docker/dockerfile:1.7
 #
-# One image, two roles (see docs/deploy.md):
-#   docker run ... facesr:<tag>                  -> `facesr serve` (HTTP API on :8000)
-#   docker run --gpus 1 ... facesr:<tag> worker  -> `facesr worker` (GPU worker, metrics on :9100)
+# Two images, one per role of the service (see docs/deploy.md); build each with its --target:
 #
-# Base: the CUDA *base* image of the CUDA version the torch wheel was built for. The PyTorch wheel ships its
-# own CUDA user-space libraries (cuBLAS, cuDNN, NCCL as pip packages), so the larger -runtime image would only
+#   docker build --target api    -t facesr-api:<tag> .      `facesr serve`, the HTTP API in Redis mode (:8000)
+#   docker build --target worker -t facesr-worker:<tag> .   `facesr worker`, the GPU model worker (metrics :9100)
+#
+# api     Python slim, the base dependencies of pyproject.toml and the package: no torch, no CUDA. API replicas
+#         run on CPU nodes and only admit, queue and answer, so the gigabytes of torch and its CUDA libraries
+#         would be dead weight in every pull. This image cannot run the model: it needs FACESR_REDIS_URL and
+#         workers behind the queue (`facesr serve` without Redis would load the model in-process).
+# worker  The CUDA base image, the CUDA build of torch and the `model` extra. Being the full package, it can
+#         also run `facesr serve` without Redis (API and model in one process) when given `serve`.
+#
+# Each target is a builder stage (a virtual environment in /opt/venv) and a runtime stage on the same base
+# image, so the interpreter that built the venv is the one that runs it. Both run Python 3.12 (Ubuntu 24.04's
+# python3 on the worker side). A `docker build .` without --target builds the last stage, the worker.
+
+# Official Python image, Debian slim; the full tag pins the Python patch release and the Debian release.
+ARG PYTHON_IMAGE=python:3.12.11-slim-bookworm
+# The CUDA *base* image of the CUDA version the torch wheel was built for. The PyTorch wheel ships its own
+# CUDA user-space libraries (cuBLAS, cuDNN, NCCL as pip packages), so the larger -runtime image would only
 # add a second, unused copy of them (~2 GB). What the base image adds is what matters at run time: the CUDA
 # runtime, and NVIDIA_REQUIRE_CUDA, so that the NVIDIA container toolkit refuses a host driver too old for
 # this CUDA with a clear message instead of a torch error at the first kernel launch.
 # Change CUDA_BASE_IMAGE and TORCH_INDEX_URL together (e.g. 12.8.1 with .../whl/cu128 for older drivers).
 ARG CUDA_BASE_IMAGE=nvidia/cuda:13.0.1-base-ubuntu24.04
 
+# =========================================================================================================
+# api: the HTTP API alone
+# =========================================================================================================
+
 # ---------------------------------------------------------------------------------------------------------
-# builder: a virtual environment with torch (CUDA build) and the facesr package installed, nothing else.
+# api-builder: a virtual environment with the base dependencies and the facesr package, nothing else.
 # ---------------------------------------------------------------------------------------------------------
-FROM ${CUDA_BASE_IMAGE} AS builder
+FROM ${PYTHON_IMAGE} AS api-builder
+
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1
+
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+
+# The dependencies first, from pyproject.toml alone, so that editing the code does not reinstall them.
+# deploy/docker/requirements.py prints [project.dependencies] (tomllib, standard library): the same list a
+# plain `pip install .` would install, written out so that it gets a layer of its own.
+WORKDIR /src
+COPY pyproject.toml README.md deploy/docker/requirements.py ./
+RUN --mount=type=cache,target=/root/.cache/pip \
+    python requirements.py api > /tmp/requirements.txt \
+    && pip install -r /tmp/requirements.txt
+
+# The package itself, not editable. It carries the bundled checkpoint too (package data, about 1.3 MB),
+# which the API does not read; splitting the package for that is not worth it.
+COPY model ./model
+COPY service ./service
+RUN --mount=type=cache,target=/root/.cache/pip \
+    pip install --no-deps . \
+    && pip check
+
+# ---------------------------------------------------------------------------------------------------------
+# api: the interpreter of the same image, tini, the virtual environment and an unprivileged user.
+# ---------------------------------------------------------------------------------------------------------
+FROM ${PYTHON_IMAGE} AS api
+
+ARG DEBIAN_FRONTEND=noninteractive
+
+# tini from Debian; not pinned, for the same reason as in the worker below.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends tini \
+    && rm -rf /var/lib/apt/lists/* \
+    && groupadd --system --gid 10001 facesr \
+    && useradd --system --uid 10001 --gid facesr --home-dir /home/facesr --create-home \
+        --shell /usr/sbin/nologin facesr
+
+COPY --from=api-builder /opt/venv /opt/venv
+COPY --chmod=0755 deploy/docker/healthcheck.py /usr/local/bin/facesr-healthcheck
+
+# FACESR_HOST: inside a container the API must listen on every interface (the settings default is loopback).
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    FACESR_HOST=0.0.0.0
+
+# What this image promises, checked on the finished environment, or the build fails:
+#   1. neither torch nor safetensors is installed (nothing of the `model` extra slipped into the base list);
+#   2. the CLI starts and has its `serve` command;
+#   3. the app builds in Redis mode through the factory that `facesr serve --workers N` hands to uvicorn,
+#      so no module on the API's path imports torch. The URL is only parsed here: nothing connects.
+RUN python -c "import importlib.util as u, sys; found = [m for m in ('torch', 'safetensors') if u.find_spec(m)]; \
+sys.exit(f'the API image must not contain {found}' if found else 0)" \
+    && facesr serve --help > /dev/null \
+    && FACESR_REDIS_URL=redis://127.0.0.1:6379/0 python -c \
+        "from facesr.service.api.app import create_app_from_environment as factory; factory()"
+
+USER 10001:10001
+WORKDIR /home/facesr
+EXPOSE 8000
+
+# Liveness of the API (GET /healthz); compose probes /readyz instead, Kubernetes has its own probes.
+HEALTHCHECK --interval=15s --timeout=3s --start-period=30s --retries=3 \
+    CMD ["facesr-healthcheck", "http://127.0.0.1:8000/healthz"]
+
+# tini is PID 1: it forwards SIGTERM to facesr (uvicorn drains on it) and reaps children.
+ENTRYPOINT ["tini", "--", "facesr"]
+CMD ["serve"]
+
+# =========================================================================================================
+# worker: the model on the GPU
+# =========================================================================================================
+
+# ---------------------------------------------------------------------------------------------------------
+# worker-builder: a virtual environment with torch (CUDA build), the `model` extra and the facesr package.
+# ---------------------------------------------------------------------------------------------------------
+FROM ${CUDA_BASE_IMAGE} AS worker-builder
 
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu130
@@ -43,13 +140,13 @@ RUN --mount=type=cache,target=/root/.cache/pip \
     pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX_URL}" \
     && python -c "import torch, sys; sys.exit(0 if torch.version.cuda else 'torch wheel is not a CUDA build')"
 
-# The project's other dependencies, from pyproject.toml alone, so that editing the code does not
-# reinstall them. torch is already satisfied above and is left alone.
+# The other dependencies, from pyproject.toml alone, so that editing the code does not reinstall them:
+# [project.dependencies] plus the `model` extra, without torch (installed above from the CUDA index; a
+# plain `torch>=...` here could let pip swap it for the default wheel).
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md deploy/docker/requirements.py ./
 RUN --mount=type=cache,target=/root/.cache/pip \
-    python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
-        > /tmp/requirements.txt \
+    python requirements.py worker > /tmp/requirements.txt \
     && pip install -r /tmp/requirements.txt
 
 # The package itself, not editable: the bundled checkpoint travels inside site-packages as package data.
@@ -57,16 +154,16 @@ COPY model ./model
 COPY service ./service
 RUN --mount=type=cache,target=/root/.cache/pip \
     pip install --no-deps . \
-    && facesr --help > /dev/null \
+    && pip check \
     && python -c "import sys; from facesr.model.checkpoints import DEFAULT_CHECKPOINT as p; \
 print('bundled checkpoint:', p, 'present' if p.is_file() else 'MISSING'); \
 sys.exit(1 if ${REQUIRE_BUNDLED_CHECKPOINT} and not p.is_file() else 0)"
 
 # ---------------------------------------------------------------------------------------------------------
-# runtime: the interpreter, tini, the virtual environment and an unprivileged user. No compilers, no pip
+# worker: the interpreter, tini, the virtual environment and an unprivileged user. No compilers, no pip
 # cache, nothing fetched at run time (the model is in the image or mounted).
 # ---------------------------------------------------------------------------------------------------------
-FROM ${CUDA_BASE_IMAGE} AS runtime
+FROM ${CUDA_BASE_IMAGE} AS worker
 
 ARG DEBIAN_FRONTEND=noninteractive
 
@@ -78,25 +175,30 @@ RUN apt-get update \
     && useradd --system --uid 10001 --gid facesr --home-dir /home/facesr --create-home \
         --shell /usr/sbin/nologin facesr
 
-COPY --from=builder /opt/venv /opt/venv
+COPY --from=worker-builder /opt/venv /opt/venv
 COPY --chmod=0755 deploy/docker/healthcheck.py /usr/local/bin/facesr-healthcheck
 
-# FACESR_HOST: inside a container the API must listen on every interface (the settings default is
-# loopback). The worker's metrics endpoint (FACESR_METRICS_PORT, 9100) binds all interfaces already.
+# The worker's metrics endpoint (FACESR_METRICS_PORT, 9100) binds all interfaces already; FACESR_HOST is for
+# `facesr serve` run from this image.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     FACESR_HOST=0.0.0.0
 
+# Checked on the finished environment (no GPU needed): the CLI has its `worker` command, and torch, the
+# safetensors reader and the worker's code import with this stage's interpreter.
+RUN facesr worker --help > /dev/null \
+    && python -c "import torch, safetensors, facesr.service.worker"
+
 USER 10001:10001
 WORKDIR /home/facesr
-EXPOSE 8000 9100
+EXPOSE 9100 8000
 
-# Liveness of the API role (GET /healthz). The worker role overrides it (compose: healthcheck, k8s: probes)
-# with the worker's own endpoint on its metrics port.
-HEALTHCHECK --interval=15s --timeout=3s --start-period=30s --retries=3 \
-    CMD ["facesr-healthcheck", "http://127.0.0.1:8000/healthz"]
+# Liveness of the worker (GET /healthz on its metrics port). Compose probes /readyz (model warmed up),
+# Kubernetes has its own probes; run as `serve`, point it at :8000 (docker run --health-cmd ...).
+HEALTHCHECK --interval=15s --timeout=3s --start-period=60s --retries=3 \
+    CMD ["facesr-healthcheck", "http://127.0.0.1:9100/healthz"]
 
-# tini is PID 1: it forwards SIGTERM to facesr (uvicorn and the worker drain on it) and reaps children.
+# tini is PID 1: it forwards SIGTERM to facesr (the worker drains on it) and reaps children.
 ENTRYPOINT ["tini", "--", "facesr"]
-CMD ["serve"]
+CMD ["worker"]

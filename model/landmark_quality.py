@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal, get_args
 
-from facesr.model.checkpoint import ModelCard
+if TYPE_CHECKING:  # the verdict's vocabulary is read by processes without torch (the API, the queue codec)
+    from facesr.model.checkpoint import ModelCard
 
 #: Final-step alignment NRMSE (width-normalised) at or above which a checkpoint's landmarks fail.
 PASS_NRMSE = 0.09
 
 LandmarkStatus = Literal["passed", "failed", "unevaluated", "absent"]
+#: Every value a landmark verdict can take.
+LANDMARK_STATUSES: Final[frozenset[str]] = frozenset(get_args(LandmarkStatus))
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from facesr.service.settings import (
     settings_error_message,
     unknown_environment_settings,
 )
+from facesr.service.startup import StartupError
 
 CONFIG_ERROR_EXIT = 2
 APP_FACTORY = "facesr.service.api.app:create_app_from_environment"
@@ -133,7 +134,6 @@ def serve(
     import uvicorn
 
     from facesr.service.api.app import create_app
-    from facesr.service.api.backends import StartupError
 
     settings = load_settings(
         host=host,
@@ -201,31 +201,12 @@ def worker(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
 
-    from facesr.model.errors import CheckpointError
-    from facesr.service.api.backends import StartupError, check_checkpoints, torch_device
-    from facesr.service.worker import WorkerStartupError, run_redis_worker
+    from facesr.service.worker.process import run_redis_worker
 
     try:
-        check_checkpoints(settings)
-        code = run_redis_worker(
-            settings.redis_url,
-            [str(path) for path in settings.checkpoint] or [None],
-            prefix=settings.queue_prefix,
-            device=torch_device(settings),
-            dtype=settings.dtype,
-            max_batch_size=settings.max_batch_size,
-            max_wait_ms=settings.max_wait_ms,
-            max_deliveries=settings.max_deliveries,
-            claim_idle_ms=settings.claim_idle_ms,
-            heartbeat_ttl_s=settings.heartbeat_ttl_s,
-            reply_ttl_s=settings.reply_ttl_s,
-            batch_timeout_s=settings.batch_timeout_s,
-            metrics_port=settings.metrics_port or None,
-        )
-    except (StartupError, WorkerStartupError) as error:
+        code = run_redis_worker(settings)
+    except StartupError as error:
         raise _fail(str(error)) from None
-    except CheckpointError as error:
-        raise _fail(f"cannot load the model (FACESR_CHECKPOINT): {error}") from None
     raise typer.Exit(code)
 
 

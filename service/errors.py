@@ -24,6 +24,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from facesr.service.queue.base import BackendUnavailable, QueueFull
+from facesr.service.queue.jobs import JobResult
 
 logger = logging.getLogger("facesr.service")
 
@@ -261,6 +262,26 @@ def _from_http_exception(error: StarletteHTTPException) -> Problem:
         reason=reason,
         headers=dict(error.headers or {}),
     )
+
+
+# A job the worker answered with ``ok == False``: its error kind -> the domain error the client sees.
+_RESULT_ERRORS: dict[str, tuple[type[ServiceError], str]] = {
+    "expired": (DeadlineExceededError, "the deadline passed before the job was computed ({})"),
+    "cancelled": (ClientClosedRequestError, "the job was cancelled ({})"),
+    "bad_input": (UndecodableImageError, "the model could not use this image: {}"),
+    "oom": (ModelOutOfMemoryError, "the model server ran out of memory: {}"),
+}
+
+
+def error_for_result(result: JobResult) -> ServiceError:
+    """The domain error for a failed job (``"internal"``, ``"dead_letter"`` and unknown kinds: 500-class
+    `InferenceFailedError`, logged, with no internal detail for the client)."""
+    message = result.error_message or "no detail"
+    if result.error_kind in _RESULT_ERRORS:
+        error_class, template = _RESULT_ERRORS[result.error_kind]
+        return error_class(template.format(message))
+    logger.warning("job %s failed in the worker: %s: %s", result.request_id, result.error_kind, message)
+    return InferenceFailedError(f"the job failed in the worker ({result.error_kind}); quote the request id")
 
 
 def problem_for(error: BaseException) -> Problem:

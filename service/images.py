@@ -155,14 +155,6 @@ def decode_upload(data: bytes, *, max_bytes: int, max_pixels: int) -> DecodedUpl
     return DecodedUpload(header=header, lr_rgb=lr_rgb, resized_from=resized_from)
 
 
-def rgb_from_bytes(raw: bytes, size: int) -> np.ndarray:
-    """Raw row-major uint8 RGB bytes -> a `size x size x 3` array (a view, no copy)."""
-    expected = size * size * 3
-    if len(raw) != expected:
-        raise ValueError(f"expected {expected} bytes for a {size}x{size} RGB image, got {len(raw)}")
-    return np.frombuffer(raw, dtype=np.uint8).reshape(size, size, 3)
-
-
 def encode_image(rgb: np.ndarray, output_format: OutputFormat, *, quality: int = 95) -> bytes:
     """Encode an `H x W x 3` uint8 RGB array as PNG (lossless), JPEG or WebP (lossy, `quality` 1-100)."""
     image = Image.fromarray(np.ascontiguousarray(rgb))

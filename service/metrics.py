@@ -32,6 +32,8 @@ from prometheus_client import (
 )
 from prometheus_client.metrics_core import Metric
 
+from facesr.service.queue.events import QueueEvents
+
 log = logging.getLogger(__name__)
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -256,3 +258,16 @@ def start_metrics_server(
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name="facesr-metrics-http", daemon=True).start()
     return server
+
+
+class PrometheusQueueEvents(QueueEvents):
+    """The queue's events as this module's counters (passed to the queue by the service wiring)."""
+
+    def late_reply(self) -> None:
+        LATE_REPLIES.inc()
+
+    def redelivered(self, count: int) -> None:
+        REDELIVERED.inc(count)
+
+    def dead_lettered(self, count: int) -> None:
+        DEAD_LETTERED.inc(count)

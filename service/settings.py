@@ -1,10 +1,11 @@
 """Service configuration: one pydantic-settings class read from `FACESR_*` environment variables.
 
 `facesr serve`, `facesr worker` and the ASGI app factory all build their configuration through
-`ServiceSettings`; command-line flags are passed as keyword arguments, which take priority over
-the environment. Bad values are refused when the object is built (i.e. at start-up), never later
-in the request path: `settings_error_message` turns the validation error into one readable line
-per offending variable.
+`ServiceSettings`, which also makes the queue's and the worker's settings objects (`queue_settings()`,
+`worker_settings()`): nothing else has defaults of its own. Command-line flags are passed as keyword
+arguments, which take priority over the environment. Bad values are refused when the object is built
+(i.e. at start-up), never later in the request path: `settings_error_message` turns the validation error
+into one readable line per offending variable.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from facesr.service.queue.keys import check_name
+from facesr.service.queue.settings import QueueSettings
+from facesr.service.worker.settings import WorkerSettings
 
 ENV_PREFIX = "FACESR_"
 # FACESR_* variables that belong to other parts of the project, not to the service.
@@ -71,6 +74,9 @@ class ServiceSettings(BaseSettings):
     )
 
     # --- batching and admission --------------------------------------------------------------
+    warmup: Literal["all", "pow2"] = Field(
+        "all", description="Batch sizes the worker runs once before serving: all of 1..B, or powers of 2."
+    )
     max_batch_size: int = Field(8, ge=1, le=512, description="Largest batch the worker runs at once.")
     max_wait_ms: float = Field(
         5.0,
@@ -143,6 +149,10 @@ class ServiceSettings(BaseSettings):
     )
     metrics_port: int = Field(
         9100, ge=0, le=65_535, description="Port of the worker's /metrics endpoint; 0 turns it off."
+    )
+    metrics_host: str = Field(
+        "0.0.0.0",  # noqa: S104 - a scrape target, usually inside a container network
+        description="Interface of the worker's /metrics endpoint.",
     )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
         "info", description="Log level of the service processes."
@@ -222,6 +232,44 @@ class ServiceSettings(BaseSettings):
     @property
     def auth_enabled(self) -> bool:
         return bool(self.api_keys)
+
+    @property
+    def torch_device(self) -> str | None:
+        """FACESR_DEVICE as the model package expects it (None = CUDA when available, else CPU)."""
+        return None if self.device == "auto" else self.device
+
+    def checkpoint_paths(self) -> list[Path | None]:
+        """The checkpoints to serve; [None] stands for the bundled default."""
+        return list(self.checkpoint) or [None]
+
+    def queue_settings(self) -> QueueSettings:
+        """The queue's settings, for the API side (RedisQueue) and the worker side (RedisJobSource)."""
+        return QueueSettings(
+            url=self.redis_url,
+            prefix=self.queue_prefix,
+            max_queue=self.max_queue,
+            max_batch_size=self.max_batch_size,
+            max_deliveries=self.max_deliveries,
+            claim_idle_ms=self.claim_idle_ms,
+            reply_ttl_s=self.reply_ttl_s,
+            job_ttl_s=self.job_ttl_s,
+        )
+
+    def worker_settings(self) -> WorkerSettings:
+        """The worker's settings (the same for a Redis worker process and the embedded one).
+
+        The heartbeat also refreshes in-flight jobs, so it beats well within ``claim_idle_ms``; the
+        housekeeping that takes over dead workers' jobs runs four times per ``claim_idle_ms``.
+        """
+        return WorkerSettings(
+            max_batch_size=self.max_batch_size,
+            max_wait_ms=self.max_wait_ms,
+            warmup=self.warmup,
+            heartbeat_interval_s=min(self.heartbeat_ttl_s / 4, self.claim_idle_ms / 3000),
+            heartbeat_ttl_s=self.heartbeat_ttl_s,
+            maintenance_interval_s=max(0.2, self.claim_idle_ms / 4000),
+            batch_timeout_s=self.batch_timeout_s,
+        )
 
 
 def settings_error_message(error: ValidationError) -> str:

@@ -13,6 +13,7 @@ import logging
 import secrets
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from fastapi import Request, UploadFile
 from starlette.concurrency import run_in_threadpool
@@ -20,15 +21,7 @@ from starlette.concurrency import run_in_threadpool
 from facesr.service.api.deps import Deadline
 from facesr.service.api.state import ServiceState
 from facesr.service.api.timing import PhaseTimings
-from facesr.service.errors import (
-    ClientClosedRequestError,
-    DeadlineExceededError,
-    InferenceFailedError,
-    ModelOutOfMemoryError,
-    PayloadTooLargeError,
-    ServiceError,
-    UndecodableImageError,
-)
+from facesr.service.errors import ClientClosedRequestError, InferenceFailedError, PayloadTooLargeError
 from facesr.service.images import (
     OUTPUT_MEDIA_TYPES,
     DecodedUpload,
@@ -36,10 +29,9 @@ from facesr.service.images import (
     check_part_type,
     decode_upload,
     encode_image,
-    rgb_from_bytes,
 )
 from facesr.service.queue.base import BackendUnavailable, QueueBackend, QueueFull
-from facesr.service.queue.jobs import HR_SIZE, Job, JobOptions, JobResult
+from facesr.service.queue.jobs import Job, JobOptions, JobResult
 
 logger = logging.getLogger("facesr.service")
 
@@ -94,26 +86,11 @@ def make_job(
     return Job(
         request_id=f"{request_id}~{secrets.token_hex(4)}",
         model=model,
-        lr_rgb=upload.lr_rgb.tobytes(),
+        lr_rgb=upload.lr_rgb,
         options=options,
         enqueued_at=time.time(),
         deadline=deadline.at,
     )
-
-
-def error_for_result(result: JobResult) -> ServiceError:
-    """The domain error for a job the worker answered with `ok == False`."""
-    message = result.error_message or "no detail"
-    if result.error_kind == "expired":
-        return DeadlineExceededError(f"the deadline passed before the job was computed ({message})")
-    if result.error_kind == "cancelled":
-        return ClientClosedRequestError("the job was cancelled")
-    if result.error_kind == "bad_input":
-        return UndecodableImageError(f"the model could not use this image: {message}")
-    if result.error_kind == "oom":
-        return ModelOutOfMemoryError(f"the model server ran out of memory: {message}")
-    logger.warning("job %s failed in the worker: %s: %s", result.request_id, result.error_kind, message)
-    return InferenceFailedError(f"the job failed in the worker ({result.error_kind}); quote the request id")
 
 
 async def _wait_for_disconnect(request: Request) -> None:
@@ -125,14 +102,14 @@ async def _wait_for_disconnect(request: Request) -> None:
             return
 
 
-async def run_jobs(
-    backend: QueueBackend, request: Request, jobs: list[Job], deadline: Deadline
-) -> list[JobResult | Exception]:
-    """Submit `jobs` and wait for all of them, bounded by the deadline and the client's patience.
+async def run_jobs(backend: QueueBackend, request: Request, jobs: list[Job]) -> list[JobResult | Exception]:
+    """Submit `jobs` and wait for all of them, or until the client goes away.
 
-    Returns one entry per job, in order: its `JobResult`, or the exception that stands for it
-    (QueueFull / BackendUnavailable at admission, DeadlineExceededError when no reply came in time).
-    Jobs still running when this returns or raises are cancelled, so workers skip them.
+    The queue keeps each job's deadline (`Job.deadline`): a job not answered by then comes back as an
+    ``"expired"`` result, so waiting here needs no timer of its own. Returns one entry per job, in order:
+    its `JobResult`, or the exception that stands for it (QueueFull / BackendUnavailable at admission).
+    Jobs still open when this returns or raises are cancelled (by cancelling their futures, the queue's
+    one cancel API), so workers skip them.
 
     Raises:
         ClientClosedRequestError: the client disconnected while waiting.
@@ -146,30 +123,26 @@ async def run_jobs(
             except (QueueFull, BackendUnavailable) as error:
                 outcomes[index] = error
         if futures:
-            await _wait_all(list(futures.values()), request, deadline)
+            await _wait_all(list(futures.values()), request)
         for index, future in futures.items():
             outcomes[index] = _outcome_of(future)
     finally:
-        await _abandon(backend, jobs, futures)
+        for future in futures.values():
+            future.cancel()  # no-op for the answered ones
     finished = [outcome for outcome in outcomes if outcome is not None]
     assert len(finished) == len(jobs), "every job has an outcome"
     return finished
 
 
-async def _wait_all(futures: list[asyncio.Future[JobResult]], request: Request, deadline: Deadline) -> None:
-    disconnect = asyncio.ensure_future(_wait_for_disconnect(request))
+async def _wait_all(futures: list[asyncio.Future[JobResult]], request: Request) -> None:
+    disconnect: asyncio.Future[None] = asyncio.ensure_future(_wait_for_disconnect(request))
     try:
-        pending = set(futures)
-        while pending:
-            remaining = deadline.remaining_s()
-            if remaining <= 0:
-                return
-            done, pending = await asyncio.wait(
-                pending | {disconnect}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
-            )
+        waiting: set[asyncio.Future[Any]] = set(futures)
+        while waiting:
+            done, waiting = await asyncio.wait(waiting | {disconnect}, return_when=asyncio.FIRST_COMPLETED)
             if disconnect in done:
                 raise ClientClosedRequestError("the client disconnected before the result was ready")
-            pending.discard(disconnect)
+            waiting.discard(disconnect)
     finally:
         disconnect.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -177,28 +150,10 @@ async def _wait_all(futures: list[asyncio.Future[JobResult]], request: Request, 
 
 
 def _outcome_of(future: asyncio.Future[JobResult]) -> JobResult | Exception:
-    if not future.done() or future.cancelled():
-        return DeadlineExceededError("no result before the request's deadline")
     error = future.exception()
     if error is not None:
         return error if isinstance(error, Exception) else BackendUnavailable(str(error))
     return future.result()
-
-
-async def _abandon(
-    backend: QueueBackend, jobs: list[Job], futures: dict[int, asyncio.Future[JobResult]]
-) -> None:
-    """Cancel every job whose future is still open (deadline, disconnect or an error on our side)."""
-    for index, future in futures.items():
-        if future.done():
-            continue
-        try:
-            await backend.cancel(jobs[index].request_id)
-        except (BackendUnavailable, OSError) as error:
-            logger.warning("could not cancel job %s: %s", jobs[index].request_id, error)
-        finally:
-            if not future.done():
-                future.cancel()
 
 
 def _encode_face(
@@ -206,13 +161,10 @@ def _encode_face(
 ) -> EncodedFace:
     if result.sr_rgb is None:
         raise InferenceFailedError("the worker answered without an image")
-    image = encode_image(rgb_from_bytes(result.sr_rgb, HR_SIZE), output_format, quality=quality)
+    image = encode_image(result.sr_rgb, output_format, quality=quality)
     steps = None
     if result.step_rgb is not None:
-        steps = [
-            encode_image(rgb_from_bytes(raw, HR_SIZE), output_format, quality=quality)
-            for raw in result.step_rgb
-        ]
+        steps = [encode_image(step, output_format, quality=quality) for step in result.step_rgb]
     return EncodedFace(
         image=image,
         media_type=OUTPUT_MEDIA_TYPES[output_format],

@@ -1,6 +1,9 @@
-"""A dynamic-batching job queue for the model: Redis Streams for several processes, or in-process.
+"""A dynamic-batching job queue: Redis Streams for several processes, or in-process.
 
-The web layer talks only to :class:`QueueBackend`; workers consume through a job source.
+A small library: it imports no torch, no web framework and no metrics module. Its users pass in what it
+needs: a :class:`QueueSettings` (built by the service settings), :class:`QueueEvents` to count what
+happens, and, for the in-process queue, the worker that runs on its thread. The web layer talks only to
+:class:`QueueBackend`; workers consume through a :class:`~facesr.service.queue.source.JobSource`.
 """
 
 from facesr.service.queue.base import (
@@ -12,11 +15,11 @@ from facesr.service.queue.base import (
     QueueFull,
     raise_for_result,
 )
-from facesr.service.queue.jobs import HR_BYTES, LR_BYTES, Job, JobOptions, JobResult
+from facesr.service.queue.events import QueueEvents
+from facesr.service.queue.jobs import Job, JobOptions, JobResult
+from facesr.service.queue.settings import QueueSettings
 
 __all__ = [
-    "HR_BYTES",
-    "LR_BYTES",
     "BackendStatus",
     "BackendUnavailable",
     "Job",
@@ -25,6 +28,8 @@ __all__ = [
     "JobResult",
     "QueueBackend",
     "QueueError",
+    "QueueEvents",
     "QueueFull",
+    "QueueSettings",
     "raise_for_result",
 ]

@@ -54,12 +54,12 @@ class BackendStatus:
 
 
 class QueueBackend(Protocol):
-    """What the API needs from a queue: submit, cancel, status. Implemented by Redis and in-process backends.
+    """What the API needs from a queue: submit and status. Implemented by Redis and in-process backends.
 
     ``submit`` returns a future that always completes: with a :class:`JobResult` (``ok`` or an error kind,
-    including ``"expired"`` when the job's deadline passes first), or with :class:`BackendUnavailable` when
-    the backend is lost. Cancelling the future (e.g. ``asyncio.wait_for`` timing out, or the request task
-    being cancelled on client disconnect) cancels the job, so the worker skips it.
+    including ``"expired"`` when the job's deadline passes first: the queue keeps the deadline, callers
+    only wait), or with :class:`BackendUnavailable` when the backend is lost. Cancelling the future is the
+    one way to cancel a job (the caller went away): the worker then skips it.
     """
 
     async def start(self) -> None:
@@ -70,9 +70,6 @@ class QueueBackend(Protocol):
 
     async def submit(self, job: Job) -> asyncio.Future[JobResult]:
         """Admit ``job`` atomically or raise QueueFull / BackendUnavailable."""
-
-    async def cancel(self, request_id: str) -> None:
-        """Tell workers to skip the job (client gone or deadline passed); idempotent."""
 
     async def status(self) -> BackendStatus:
         """Reachability, ready workers, advertised models and depth; fast enough for /readyz."""

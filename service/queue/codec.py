@@ -5,15 +5,17 @@ A job becomes the field map of one stream entry::
     rid    request id (UTF-8)
     model  model name
     reply  id of the API process whose reply list gets the answer
-    meta   JSON {"v": 1, "opts": {...}, "enq": float, "dl": float | null}
-    lr     the raw 16x16x3 uint8 input
+    meta   JSON {"v": 1, "opts": {...}, "enq": float, "dl": float | null, "shape": [H, W]}
+    lr     the raw H x W x 3 uint8 input (row-major)
 
 A reply is one binary frame pushed on a list::
 
     4-byte big-endian header length | JSON header | blob 0 | blob 1 | ...
 
-where the header lists the blob lengths (the final image first, then one per step).
-Decoders raise :class:`CodecError` with a message on anything malformed.
+where the header lists the blob lengths (the final image first, then one per step) and the images'
+[H, W] (every image of a reply has the same size). This module is the only place where images are bytes:
+jobs and results hold H x W x 3 uint8 arrays everywhere else. Decoders raise :class:`CodecError` with a
+message on anything malformed.
 """
 
 from __future__ import annotations
@@ -22,13 +24,18 @@ import json
 import math
 import struct
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import Any, Final, cast
 
-from facesr.service.queue.jobs import LANDMARK_STATUSES, Job, JobOptions, JobResult
+import numpy as np
+
+from facesr.model.landmark_quality import LANDMARK_STATUSES, LandmarkStatus
+from facesr.service.queue.jobs import Job, JobOptions, JobResult
 
 VERSION: Final = 1
 _HEADER_LEN = struct.Struct(">I")
 MAX_HEADER_BYTES: Final = 1 << 20
+#: Largest image side a job or reply may declare (models take 16 px and give 128 px; far above both).
+MAX_IMAGE_SIDE: Final = 4096
 
 
 class CodecError(ValueError):
@@ -42,14 +49,44 @@ def encode_job(job: Job, reply_to: str) -> dict[str, bytes]:
         "opts": {"return_steps": job.options.return_steps, "landmarks": job.options.landmarks},
         "enq": job.enqueued_at,
         "dl": job.deadline if math.isfinite(job.deadline) else None,
+        "shape": list(_rgb_shape(job.lr_rgb)),
     }
     return {
         "rid": job.request_id.encode(),
         "model": job.model.encode(),
         "reply": reply_to.encode(),
         "meta": json.dumps(meta, separators=(",", ":")).encode(),
-        "lr": bytes(job.lr_rgb),
+        "lr": np.ascontiguousarray(job.lr_rgb, dtype=np.uint8).tobytes(),
     }
+
+
+def _rgb_shape(image: np.ndarray) -> tuple[int, int]:
+    """(H, W) of an H x W x 3 uint8 image; anything else is a programming error on the sending side."""
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"images must be H x W x 3 uint8, got {image.shape} {image.dtype}")
+    return int(image.shape[0]), int(image.shape[1])
+
+
+def _declared_shape(value: Any) -> tuple[int, int]:
+    """An [H, W] read from the wire, checked before any array is made from it."""
+    if (
+        not isinstance(value, list)
+        or len(value) != 2
+        or not all(isinstance(side, int) and not isinstance(side, bool) for side in value)
+        or not all(1 <= side <= MAX_IMAGE_SIDE for side in value)
+    ):
+        raise CodecError(f"image shape must be [H, W] with sides in 1..{MAX_IMAGE_SIDE}, got {value!r:.40}")
+    return value[0], value[1]
+
+
+def _image(data: bytes, shape: tuple[int, int]) -> np.ndarray:
+    """Raw bytes -> a writable H x W x 3 uint8 array, when the length matches the shape."""
+    height, width = shape
+    if len(data) != height * width * 3:
+        raise CodecError(
+            f"image has {len(data)} bytes, expected {height * width * 3} for {height}x{width} RGB"
+        )
+    return np.frombuffer(data, dtype=np.uint8).reshape(height, width, 3).copy()
 
 
 def _field(fields: Mapping[Any, Any], name: str) -> bytes:
@@ -71,7 +108,7 @@ def peek_routing(fields: Mapping[Any, Any]) -> tuple[str | None, str | None]:
 
 
 def decode_job(fields: Mapping[Any, Any]) -> tuple[Job, str]:
-    """(job, reply_to) from a stream entry's field map; the input's byte length is checked by the worker."""
+    """(job, reply_to) from a stream entry's field map; the input's size is checked by the worker."""
     try:
         rid = _field(fields, "rid").decode()
         model = _field(fields, "model").decode()
@@ -88,7 +125,7 @@ def decode_job(fields: Mapping[Any, Any]) -> tuple[Job, str]:
         job = Job(
             request_id=rid,
             model=model,
-            lr_rgb=_field(fields, "lr"),
+            lr_rgb=_image(_field(fields, "lr"), _declared_shape(meta.get("shape"))),
             options=options,
             enqueued_at=float(meta["enq"]),
             deadline=deadline,
@@ -100,10 +137,11 @@ def decode_job(fields: Mapping[Any, Any]) -> tuple[Job, str]:
 
 def encode_result(result: JobResult) -> bytes:
     """One reply frame (see the module docstring)."""
-    blobs = []
-    if result.sr_rgb is not None:
-        blobs.append(result.sr_rgb)
-    blobs.extend(result.step_rgb or [])
+    images = ([] if result.sr_rgb is None else [result.sr_rgb]) + list(result.step_rgb or [])
+    shapes = {_rgb_shape(image) for image in images}
+    if len(shapes) > 1:
+        raise ValueError(f"the images of one reply must share a size, got {sorted(shapes)}")
+    blobs = [np.ascontiguousarray(image).tobytes() for image in images]
     header = {
         "v": VERSION,
         "rid": result.request_id,
@@ -111,6 +149,7 @@ def encode_result(result: JobResult) -> bytes:
         "has_sr": result.sr_rgb is not None,
         "steps": None if result.step_rgb is None else len(result.step_rgb),
         "blobs": [len(b) for b in blobs],
+        "shape": list(shapes.pop()) if shapes else None,
         "landmarks": result.landmarks,
         "landmark_status": result.landmark_status,
         "model_id": result.model_id,
@@ -147,9 +186,9 @@ def _landmarks(value: Any) -> list[list[float]] | None:
     return points
 
 
-def _landmark_status(value: Any) -> str | None:
+def _landmark_status(value: Any) -> LandmarkStatus | None:
     if value is None or value in LANDMARK_STATUSES:
-        return value
+        return cast("LandmarkStatus | None", value)
     raise CodecError("reply landmark_status is not one of passed, failed, unevaluated, absent")
 
 
@@ -170,8 +209,9 @@ def decode_result(frame: bytes) -> JobResult:
         for n in sizes:
             blobs.append(frame[offset : offset + n])
             offset += n
-        sr = blobs.pop(0) if header["has_sr"] else None
-        steps = None if header["steps"] is None else blobs[: int(header["steps"])]
+        images = [_image(blob, _declared_shape(header["shape"])) for blob in blobs] if blobs else []
+        sr = images.pop(0) if header["has_sr"] else None
+        steps = None if header["steps"] is None else images[: int(header["steps"])]
         return JobResult(
             request_id=str(header["rid"]),
             ok=bool(header["ok"]),

@@ -1,11 +1,14 @@
-"""The job and result records that travel through the queue (no pickle: JSON metadata + raw bytes).
+"""The job and result records that travel through the queue.
 
+Inside a process they hold arrays; only the Redis codec (`codec.py`) turns them into bytes.
 Conventions at this boundary:
-- ``Job.lr_rgb`` is the model input: a 16x16 RGB face, uint8, row-major HWC (768 bytes).
-- ``JobResult.sr_rgb`` (and each of ``step_rgb``) is a 128x128 RGB image, uint8, row-major HWC (49152 bytes).
-- ``JobResult.landmarks`` are 68 iBUG points as ``[x, y, confidence]``: output-image pixels (0..128) and
-  the heatmap peak in [0, 1]. ``landmark_status`` is the model's landmark verdict ("passed", "failed",
-  "unevaluated", "absent"); points of a model whose landmarks failed evaluation are not sent.
+- ``Job.lr_rgb`` is the model input: an RGB face, H x W x 3 uint8 (the model's input size, 16 x 16 for
+  DIC; the worker checks it against the model it runs).
+- ``JobResult.sr_rgb`` (and each of ``step_rgb``) is the output image, H x W x 3 uint8.
+- ``JobResult.landmarks`` are the model's points as ``[x, y, confidence]``: output-image pixels and the
+  heatmap peak in [0, 1]. ``landmark_status`` is the model's landmark verdict
+  (`facesr.model.landmark_quality.LandmarkStatus`); points of a model whose landmarks failed
+  evaluation are not sent.
 - All times are ``time.time()`` seconds (wall clock, comparable across hosts with synchronised clocks).
 """
 
@@ -15,13 +18,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
-LR_SIZE: Final = 16
-HR_SIZE: Final = 128
-LR_BYTES: Final = LR_SIZE * LR_SIZE * 3
-HR_BYTES: Final = HR_SIZE * HR_SIZE * 3
+import numpy as np
 
-#: What a result's ``landmark_status`` can say (the model card's verdict on its landmarks).
-LANDMARK_STATUSES: Final[frozenset[str]] = frozenset({"passed", "failed", "unevaluated", "absent"})
+from facesr.model.landmark_quality import LandmarkStatus
 
 ErrorKind = Literal["expired", "cancelled", "bad_input", "oom", "dead_letter", "internal"]
 ERROR_KINDS: Final[frozenset[str]] = frozenset(
@@ -43,10 +42,19 @@ class Job:
 
     request_id: str
     model: str
-    lr_rgb: bytes
+    lr_rgb: np.ndarray
     options: JobOptions = field(default_factory=JobOptions)
     enqueued_at: float = field(default_factory=time.time)
     deadline: float = float("inf")
+
+    def is_expired(self, now: float | None = None) -> bool:
+        """Whether nobody waits for this job any more: the one deadline rule, used by every side."""
+        return self.deadline <= (time.time() if now is None else now)
+
+    def expired_result(self, where: str, now: float | None = None) -> JobResult:
+        """The ``expired`` answer for this job; ``where`` says at which point the deadline was found past."""
+        late = (time.time() if now is None else now) - self.deadline
+        return JobResult.failure(self.request_id, "expired", f"deadline passed {max(late, 0):.3f} s {where}")
 
 
 @dataclass(frozen=True)
@@ -55,10 +63,10 @@ class JobResult:
 
     request_id: str
     ok: bool
-    sr_rgb: bytes | None = None
-    step_rgb: list[bytes] | None = None
+    sr_rgb: np.ndarray | None = None
+    step_rgb: list[np.ndarray] | None = None
     landmarks: list[list[float]] | None = None
-    landmark_status: str | None = None
+    landmark_status: LandmarkStatus | None = None
     model_id: str | None = None
     worker_id: str | None = None
     timings: dict[str, float] = field(default_factory=dict)

@@ -1,7 +1,8 @@
 """The embedded default: the same queue contract without Redis, worker on a thread of the API process.
 
-The :class:`~facesr.service.worker.Worker` loop is the same code the Redis workers run (batching,
-skipping cancelled/expired jobs, failure isolation, OOM splitting, metrics); only the transport differs.
+The worker that runs here (built by the caller, see `InProcessQueue`) is the same code the Redis workers
+run (batching, skipping cancelled/expired jobs, failure isolation, OOM splitting, metrics); only the
+transport differs.
 The model runs on its own thread (PyTorch releases the GIL inside its kernels), so the event loop stays
 free to accept, validate and answer requests while a batch computes.
 """
@@ -14,15 +15,14 @@ import logging
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
-from facesr.service.batching import FIRST_READ_BLOCK_S, collect_batch
 from facesr.service.queue.base import BackendStatus, BackendUnavailable, QueueFull
+from facesr.service.queue.batching import FIRST_READ_BLOCK_S, collect_batch
 from facesr.service.queue.jobs import Job, JobResult
-from facesr.service.queue.pending import EXPIRED_BEFORE_QUEUEING, PendingReplies, resolved_future
-from facesr.service.queue.source import Delivery, WorkerInfo
+from facesr.service.queue.pending import PendingReplies, resolved_future
+from facesr.service.queue.source import Delivery, JobSource, WorkerInfo
 
 log = logging.getLogger(__name__)
 
@@ -142,65 +142,51 @@ class MemoryJobSource:
             self._cond.notify_all()
 
 
+class InProcessWorker(Protocol):
+    """What the in-process queue needs from the worker it runs on a thread.
+
+    :class:`facesr.service.worker.loop.Worker` is one; the queue never imports it (the caller builds it
+    around the queue's :attr:`InProcessQueue.source`).
+    """
+
+    @property
+    def throughput(self) -> float:
+        """Faces per second of model time (0 before any batch)."""
+        ...
+
+    def run(self) -> None:
+        """Serve from the source until stopped."""
+
+    def stop(self) -> None:
+        """Finish the batch in hand and make :meth:`run` return (thread-safe)."""
+
+    def is_ready(self) -> bool:
+        """True while warmed up and serving."""
+        ...
+
+
 class InProcessQueue:
     """:class:`~facesr.service.queue.base.QueueBackend` with the worker on a thread of this process.
 
     Args:
-        engines: model name -> engine (e.g. ``FaceSR``); see :meth:`from_checkpoints`.
         max_queue: jobs waiting or computing before QueueFull.
-        max_batch_size, max_wait_ms, warmup: the worker's batching knobs.
-        batch_timeout_s: the worker's stall watchdog limit (see :class:`~facesr.service.worker.Worker`).
+        make_worker: builds the worker that consumes :attr:`source` (called once, here).
     """
 
-    def __init__(
-        self,
-        engines: Mapping[str, Any],
-        *,
-        max_queue: int = 64,
-        max_batch_size: int = 8,
-        max_wait_ms: float = 5.0,
-        warmup: str = "all",
-        batch_timeout_s: float = 60.0,
-    ) -> None:
-        from facesr.service.worker import Worker  # the worker module imports this package
-
-        self.engines = dict(engines)
+    def __init__(self, max_queue: int, make_worker: Callable[[JobSource], InProcessWorker]) -> None:
         self.max_queue = max_queue
-        self._source = MemoryJobSource(max_queue, self._deliver_threadsafe)
-        self.worker = Worker(
-            self.engines,
-            self._source,
-            max_batch_size=max_batch_size,
-            max_wait_ms=max_wait_ms,
-            warmup=warmup,  # type: ignore[arg-type]
-            heartbeat_interval_s=1.0,
-            heartbeat_ttl_s=5.0,
-            batch_timeout_s=batch_timeout_s,
-        )
+        self.source = MemoryJobSource(max_queue, self._deliver_threadsafe)
+        self.worker = make_worker(self.source)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pending: PendingReplies | None = None
         self._thread: threading.Thread | None = None
-
-    @classmethod
-    def from_checkpoints(
-        cls,
-        checkpoints: Sequence[str | Path | None] = (),
-        *,
-        device: str | None = None,
-        dtype: str | None = None,
-        **options: Any,
-    ) -> InProcessQueue:
-        """Load checkpoints (none given: the bundled default) and build the queue around them."""
-        from facesr.service.worker import load_engines
-
-        return cls(load_engines(checkpoints, device=device, dtype=dtype), **options)
 
     async def start(self) -> None:
         """Start the worker thread; it warms up in the background and reports ready when done."""
         if self._thread is not None:
             return
         self._loop = asyncio.get_running_loop()
-        self._pending = PendingReplies(on_abandon=self._source.cancel)
+        self._pending = PendingReplies(on_abandon=self.source.cancel)
         self._thread = threading.Thread(target=self._run_worker, name="facesr-inprocess-worker", daemon=True)
         self._thread.start()
 
@@ -216,37 +202,24 @@ class InProcessQueue:
 
     async def submit(self, job: Job) -> asyncio.Future[JobResult]:
         pending = self._require_running()
-        if job.model not in self.engines:
-            return resolved_future(
-                JobResult.failure(
-                    job.request_id,
-                    "bad_input",
-                    f"unknown model {job.model!r} (serving {sorted(self.engines)})",
-                )
-            )
-        if job.deadline <= time.time():
-            return resolved_future(JobResult.failure(job.request_id, "expired", EXPIRED_BEFORE_QUEUEING))
+        if job.is_expired():
+            return resolved_future(job.expired_result("before queueing"))
         future = pending.add(job.request_id, job.deadline)
         try:
-            self._source.put(job, self._retry_after)
+            self.source.put(job, self._retry_after)
         except BaseException:
             pending.forget(job.request_id)
             raise
         return future
 
-    async def cancel(self, request_id: str) -> None:
-        pending = self._require_running()
-        pending.resolve(JobResult.failure(request_id, "cancelled", "cancelled by the caller"))
-        self._source.cancel(request_id)
-
     async def status(self) -> BackendStatus:
         alive = self._thread is not None and self._thread.is_alive()
         ready = alive and self.worker.is_ready()
-        info = self._source.last_heartbeat
+        info = self.source.last_heartbeat
         models = {}
         if ready and info is not None:
             models = {name: {**card, "workers": 1} for name, card in info.models.items()}
-        depth = self._source.depth()
+        depth = self.source.depth()
         detail = "in-process worker " + ("ready" if ready else "warming up" if alive else "stopped")
         return BackendStatus(alive, int(ready), models, depth, detail)
 
@@ -262,7 +235,7 @@ class InProcessQueue:
         except Exception:
             log.exception("the in-process worker crashed")
         finally:
-            self._source.close(None)
+            self.source.close(None)
             loop, pending = self._loop, self._pending
             if loop is not None and pending is not None and not loop.is_closed():
                 error = BackendUnavailable("the in-process worker has stopped")

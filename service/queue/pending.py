@@ -1,9 +1,9 @@
 """API-side bookkeeping of submitted jobs: one future per request id, resolved by the reply dispatcher.
 
-Deadlines are enforced here as well as in the worker: when a job's deadline passes before its reply,
+This is where the caller's side of a job's deadline lives: when the deadline passes before the reply,
 the future completes with an ``"expired"`` result and the job is abandoned (the backend tells workers to
-skip it). A future cancelled by its caller (``asyncio.wait_for`` timing out, or the request task being
-cancelled on client disconnect) abandons the job in the same way.
+skip it; they also skip any job whose ``Job.is_expired``). A future cancelled by its caller (the request
+task cancelled on client disconnect) abandons the job in the same way: that is the one cancel API.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from facesr.service.queue.jobs import JobResult
 
 # Grace after the deadline before the API gives up on its own: lets a reply that is already on the wire win.
 DEADLINE_GRACE_S = 0.02
-EXPIRED_BEFORE_QUEUEING = "deadline passed before queueing"
 
 
 class PendingReplies:

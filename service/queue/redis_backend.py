@@ -32,14 +32,15 @@ import redis.asyncio as aredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
-from facesr.service import metrics
 from facesr.service.queue.backoff import Backoff
 from facesr.service.queue.base import BackendStatus, BackendUnavailable, QueueFull
 from facesr.service.queue.codec import CodecError, decode_result, encode_job
+from facesr.service.queue.events import SILENT, QueueEvents
 from facesr.service.queue.jobs import Job, JobResult
 from facesr.service.queue.keys import GROUP, Keys, check_name
-from facesr.service.queue.pending import EXPIRED_BEFORE_QUEUEING, PendingReplies, resolved_future
+from facesr.service.queue.pending import PendingReplies, resolved_future
 from facesr.service.queue.redis_source import RedisJobSource
+from facesr.service.queue.settings import QueueSettings
 
 log = logging.getLogger(__name__)
 
@@ -70,34 +71,31 @@ class RedisQueue:
     """:class:`~facesr.service.queue.base.QueueBackend` on Redis Streams, for the API process.
 
     Args:
-        url: ``redis://[:password@]host:port/db``.
-        prefix: key prefix shared with the workers.
-        max_queue: jobs admitted per model stream (waiting + in progress) before QueueFull.
-        reply_ttl_s: TTL of this process's reply list (also refreshed by workers on every push).
-        job_ttl_s: TTL of cancel markers; should exceed the longest deadline.
+        settings: the queue's settings (url, prefix, max_queue per model stream, reply_ttl_s for this
+            process's reply list, job_ttl_s for cancel marks).
+        events: where late replies are reported (default: nowhere).
         api_id: this process's reply address (default: random, unique per process).
         connect_timeout_s / command_timeout_s: how long a dead Redis may stall a request.
     """
 
     def __init__(
         self,
-        url: str,
+        settings: QueueSettings,
         *,
-        prefix: str = "facesr",
-        max_queue: int = 256,
-        reply_ttl_s: float = 60.0,
-        job_ttl_s: float = 300.0,
+        events: QueueEvents = SILENT,
         api_id: str | None = None,
         connect_timeout_s: float = 1.0,
         command_timeout_s: float = 2.0,
     ) -> None:
-        if max_queue < 1:
-            raise ValueError(f"max_queue must be >= 1, got {max_queue}")
-        self.url = url
-        self.keys = Keys(prefix)
-        self.max_queue = max_queue
-        self.reply_ttl_s = reply_ttl_s
-        self.job_ttl_s = job_ttl_s
+        if not settings.url:
+            raise ValueError("the Redis queue needs a Redis URL")
+        self.settings = settings
+        self.url = settings.url
+        self.keys = Keys(settings.prefix)
+        self.max_queue = settings.max_queue
+        self.reply_ttl_s = settings.reply_ttl_s
+        self.job_ttl_s = settings.job_ttl_s
+        self.events = events
         self.api_id = check_name("api id", api_id or f"api-{secrets.token_hex(6)}")
         self.connect_timeout_s = connect_timeout_s
         self.command_timeout_s = command_timeout_s
@@ -162,8 +160,8 @@ class RedisQueue:
         if not job.request_id or len(job.request_id) > MAX_REQUEST_ID:
             raise ValueError(f"request id must be 1-{MAX_REQUEST_ID} characters")
         stream = self.keys.jobs(job.model)
-        if job.deadline <= time.time():
-            return resolved_future(JobResult.failure(job.request_id, "expired", EXPIRED_BEFORE_QUEUEING))
+        if job.is_expired():
+            return resolved_future(job.expired_result("before queueing"))
         fields = encode_job(job, self.api_id)
         await self._ensure_reachable(client)
         future = pending.add(job.request_id, job.deadline)  # before XADD: a fast reply must find it
@@ -186,11 +184,6 @@ class RedisQueue:
             depth = int(value)
             raise QueueFull(depth, self.max_queue, await self._retry_after(depth))
         return future
-
-    async def cancel(self, request_id: str) -> None:
-        pending, _ = self._require_started()
-        pending.resolve(JobResult.failure(request_id, "cancelled", "cancelled by the caller"))
-        await self._send_cancel(request_id)
 
     async def status(self) -> BackendStatus:
         _, client = self._require_started()
@@ -341,4 +334,4 @@ class RedisQueue:
             return
         if not self._pending.resolve(result):
             self.late_replies += 1
-            metrics.LATE_REPLIES.inc()
+            self.events.late_reply()

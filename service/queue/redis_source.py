@@ -33,12 +33,13 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from facesr.service import metrics
-from facesr.service.batching import FIRST_READ_BLOCK_S, collect_batch
 from facesr.service.queue.base import BackendUnavailable
+from facesr.service.queue.batching import FIRST_READ_BLOCK_S, collect_batch
 from facesr.service.queue.codec import CodecError, decode_job, encode_result, peek_routing
+from facesr.service.queue.events import SILENT, QueueEvents
 from facesr.service.queue.jobs import JobResult
 from facesr.service.queue.keys import GROUP, Keys
+from facesr.service.queue.settings import QueueSettings
 from facesr.service.queue.source import Delivery, WorkerInfo
 
 log = logging.getLogger(__name__)
@@ -83,38 +84,33 @@ class RedisJobSource:
     """Consumes ``{prefix}:jobs:{model}`` streams as one member of the ``workers`` consumer group.
 
     Args:
-        url: ``redis://host:port/db``.
-        prefix: key prefix shared with the API processes.
-        max_deliveries: deliveries after which a job is dead-lettered (>= 1).
-        claim_idle_ms: idle time after which another worker's entry is taken over.
-        reply_ttl_s: TTL refreshed on a reply list whenever a reply is pushed.
-        max_batch_size: also bounds how many entries one reclaim pass takes over.
+        settings: the queue's settings: url, prefix (shared with the API processes), max_deliveries
+            (after which a job is dead-lettered), claim_idle_ms (idle time after which another worker's
+            entry is taken over), reply_ttl_s (refreshed on a reply list whenever a reply is pushed),
+            max_batch_size (also bounds how many entries one reclaim pass takes over).
+        events: where redeliveries and dead letters are reported (default: nowhere).
         dead_letter_maxlen: approximate cap of the dead-letter stream.
         consumer_gc_s: consumers idle this long with nothing pending are removed from the group.
     """
 
     def __init__(
         self,
-        url: str,
+        settings: QueueSettings,
         *,
-        prefix: str = "facesr",
-        max_deliveries: int = 3,
-        claim_idle_ms: int = 30_000,
-        reply_ttl_s: float = 60.0,
-        max_batch_size: int = 8,
+        events: QueueEvents = SILENT,
         dead_letter_maxlen: int = 10_000,
         consumer_gc_s: float = 600.0,
     ) -> None:
-        if max_deliveries < 1:
-            raise ValueError(f"max_deliveries must be >= 1, got {max_deliveries}")
-        if claim_idle_ms < 100:
-            raise ValueError(f"claim_idle_ms must be >= 100, got {claim_idle_ms}")
-        self.url = url
-        self.keys = Keys(prefix)
-        self.max_deliveries = max_deliveries
-        self.claim_idle_ms = claim_idle_ms
-        self.reply_ttl_s = reply_ttl_s
-        self.max_batch_size = max_batch_size
+        if not settings.url:
+            raise ValueError("the Redis job source needs a Redis URL")
+        self.settings = settings
+        self.events = events
+        self.url = settings.url
+        self.keys = Keys(settings.prefix)
+        self.max_deliveries = settings.max_deliveries
+        self.claim_idle_ms = settings.claim_idle_ms
+        self.reply_ttl_s = settings.reply_ttl_s
+        self.max_batch_size = settings.max_batch_size
         self.dead_letter_maxlen = dead_letter_maxlen
         self.consumer_gc_s = consumer_gc_s
         self.consumer = ""
@@ -363,7 +359,7 @@ class RedisJobSource:
             # Attempt 1 after a claim: handed back unstarted by a worker that left (not a redelivery).
             redelivered = sum(1 for d, _ in retried if d.attempt > 1)
             if redelivered:
-                metrics.REDELIVERED.inc(redelivered)
+                self.events.redelivered(redelivered)
                 log.warning("took over %d job(s) from unresponsive workers on %s", redelivered, stream)
             if redelivered < len(retried):
                 log.info(
@@ -435,7 +431,7 @@ class RedisJobSource:
                 delivery.attempt,
             )
         pipe.execute()
-        metrics.DEAD_LETTERED.inc(len(exhausted))
+        self.events.dead_lettered(len(exhausted))
         self.finish(answered)
 
     def _forget_departed_consumers(self) -> None:

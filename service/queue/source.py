@@ -51,7 +51,7 @@ class JobSource(Protocol):
     """Transport used by :class:`facesr.service.worker.Worker`; methods are called from the worker thread,
     except :meth:`heartbeat` and :meth:`keep_alive`, which the heartbeat thread calls."""
 
-    def open(self, models: Sequence[str]) -> None:
+    def open(self, worker_id: str, models: Sequence[str]) -> None:
         """Prepare to consume jobs for ``models`` (create consumer groups etc.)."""
 
     def next_batch(self, max_items: int, max_wait_s: float, stop: threading.Event) -> list[Delivery]:

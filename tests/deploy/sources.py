@@ -1,15 +1,20 @@
-"""The repository's deployment files, loaded for the checks: compose, Kubernetes, Prometheus, Grafana."""
+"""The repository's deployment files, loaded for the checks: Dockerfile, compose, Kubernetes, Prometheus,
+Grafana."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import yaml
+
+from tests.deploy.dockerfile import Dockerfile
 
 # libyaml's safe loader when PyYAML was built with it (several times faster), else the pure-Python one.
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -18,6 +23,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
 DOCKERFILE = REPO_ROOT / "Dockerfile"
 DOCKERIGNORE = REPO_ROOT / ".dockerignore"
+PYPROJECT = REPO_ROOT / "pyproject.toml"
 DEPLOY_DIR = REPO_ROOT / "deploy"
 K8S_DIR = DEPLOY_DIR / "k8s"
 PROMETHEUS_CONFIG = DEPLOY_DIR / "prometheus.yml"
@@ -28,6 +34,9 @@ DASHBOARDS_DIR = GRAFANA_DIR / "dashboards"
 METRICS_MODULE = REPO_ROOT / "service" / "metrics.py"
 BUNDLED_CHECKPOINT = REPO_ROOT / "model" / "checkpoints" / "default.safetensors"
 KEDA_SCHEMA = Path(__file__).resolve().parent / "schemas" / "keda-scaledobject.schema.json"
+DOCKER_DIR = DEPLOY_DIR / "docker"
+HEALTHCHECK_SCRIPT = DOCKER_DIR / "healthcheck.py"
+REQUIREMENTS_SCRIPT = DOCKER_DIR / "requirements.py"
 
 
 @dataclass(frozen=True)
@@ -48,6 +57,19 @@ def load_yaml_documents(path: Path) -> list[dict[str, Any]]:
     """Every non-empty document of a multi-document YAML file."""
     with path.open(encoding="utf-8") as handle:
         return [document for document in yaml.load_all(handle, Loader=_LOADER) if document is not None]
+
+
+def dockerfile() -> Dockerfile:
+    return Dockerfile.parse(DOCKERFILE.read_text(encoding="utf-8"))
+
+
+def load_script(path: Path) -> ModuleType:
+    """A standalone script of the repository (not part of a package) imported as a module."""
+    spec = importlib.util.spec_from_file_location(f"facesr_deploy_{path.stem}", path)
+    assert spec is not None and spec.loader is not None, path
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def compose() -> dict[str, Any]:

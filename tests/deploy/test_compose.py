@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import re
+from collections.abc import Callable
 from pathlib import PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
@@ -11,6 +13,7 @@ import pytest
 
 from tests.deploy import sources
 from tests.deploy.durations import parse_duration
+from tests.deploy.images import API, WORKER, compose_image_problems
 from tests.deploy.settings_check import facesr_variables, settings_errors
 
 # Seconds Docker must wait after the worker's drain budget before it may SIGKILL.
@@ -31,6 +34,52 @@ def _healthcheck_url(service: dict[str, Any]) -> str:
 
 def test_the_stack_has_its_services(services: dict[str, Any]) -> None:
     assert {"redis", "api", "worker", "prometheus", "grafana"} <= set(services)
+
+
+def test_each_role_builds_and_runs_its_own_image(services: dict[str, Any]) -> None:
+    problems = compose_image_problems(services, sources.dockerfile())
+    assert not problems, "\n".join(problems)
+    assert services[API.name]["image"] != services[WORKER.name]["image"]
+
+
+def _swap_targets(services: dict[str, Any]) -> None:
+    api, worker = services[API.name]["build"], services[WORKER.name]["build"]
+    api["target"], worker["target"] = worker["target"], api["target"]
+
+
+def _one_image_for_both(services: dict[str, Any]) -> None:
+    services[WORKER.name]["image"] = services[API.name]["image"]
+
+
+def _gpu_for_the_api(services: dict[str, Any]) -> None:
+    services[API.name]["deploy"] = copy.deepcopy(services[WORKER.name]["deploy"])
+
+
+def _short_build(services: dict[str, Any]) -> None:
+    services[API.name]["build"] = "."
+
+
+def _worker_runs_serve(services: dict[str, Any]) -> None:
+    services[WORKER.name]["command"] = ["serve"]
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (_swap_targets, "builds target 'worker', not 'api'"),
+        (_one_image_for_both, "is not named facesr-worker"),
+        (_gpu_for_the_api, "reserves a GPU"),
+        (_short_build, "no build section"),
+        (_worker_runs_serve, "is not ['worker']"),
+    ],
+)
+def test_the_image_checks_catch_mistakes(
+    services: dict[str, Any], change: Callable[[dict[str, Any]], None], expected: str
+) -> None:
+    mutated = copy.deepcopy(services)
+    change(mutated)
+    problems = compose_image_problems(mutated, sources.dockerfile())
+    assert any(expected in problem for problem in problems), f"{expected!r} not in {problems}"
 
 
 def test_worker_can_be_scaled(services: dict[str, Any]) -> None:

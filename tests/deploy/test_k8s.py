@@ -11,6 +11,9 @@ import pytest
 
 from tests.deploy import sources
 from tests.deploy.durations import parse_duration
+from tests.deploy.images import API as API_ROLE
+from tests.deploy.images import WORKER as WORKER_ROLE
+from tests.deploy.images import k8s_image_problems
 from tests.deploy.k8s_validation import keda_errors
 from tests.deploy.settings_check import facesr_variables, settings_errors
 
@@ -70,6 +73,53 @@ def test_images_are_pinned() -> None:
             assert re.fullmatch(r"[\w./-]+:[\w.-]+", image) and not image.endswith(":latest"), image
     for image in sources.kustomization()["images"]:
         assert image["newTag"] and image["newTag"] != "latest"
+
+
+def _role_deployments() -> dict[str, dict[str, Any]]:
+    return {d["metadata"]["name"]: copy.deepcopy(d) for d in _deployments() if d["metadata"]["name"] != REDIS}
+
+
+def test_each_role_runs_its_own_image() -> None:
+    problems = k8s_image_problems(_role_deployments(), sources.kustomization())
+    assert not problems, "\n".join(problems)
+    images = {_container(name)["image"].split(":")[0] for name in (API, WORKER)}
+    assert images == {API_ROLE.image, WORKER_ROLE.image}
+
+
+def _k8s_mutated(change: str) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    deployments, kustomization = _role_deployments(), copy.deepcopy(sources.kustomization())
+    api = deployments[API]["spec"]["template"]["spec"]["containers"][0]
+    worker = deployments[WORKER]["spec"]["template"]["spec"]["containers"][0]
+    if change == "api-runs-the-worker-image":
+        api["image"] = worker["image"]
+    elif change == "images-swapped":
+        api["image"], worker["image"] = worker["image"], api["image"]
+    elif change == "one-registry-image":
+        for entry in kustomization["images"]:
+            entry["newName"] = "registry.example.com/facesr"
+    elif change == "no-rewrite-for-the-worker":
+        kustomization["images"] = [e for e in kustomization["images"] if e["name"] != WORKER_ROLE.image]
+    elif change == "tags-differ":
+        kustomization["images"][0]["newTag"] = "0.0.9"
+    elif change == "api-takes-a-gpu":
+        api["resources"]["limits"]["nvidia.com/gpu"] = 1
+    return deployments, kustomization
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ("api-runs-the-worker-image", "runs facesr-worker"),
+        ("images-swapped", "runs facesr-api"),
+        ("one-registry-image", "onto one image"),
+        ("no-rewrite-for-the-worker", "no images entry for facesr-worker"),
+        ("tags-differ", "different tags"),
+        ("api-takes-a-gpu", "requests a GPU"),
+    ],
+)
+def test_the_image_checks_catch_mistakes(change: str, expected: str) -> None:
+    problems = k8s_image_problems(*_k8s_mutated(change))
+    assert any(expected in problem for problem in problems), f"{expected!r} not in {problems}"
 
 
 @pytest.mark.parametrize("name", [API, WORKER, REDIS])

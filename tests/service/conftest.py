@@ -8,6 +8,7 @@ expose on its own endpoint.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import secrets
 import socket
@@ -36,8 +37,10 @@ from facesr.service.api import create_app
 from facesr.service.queue.memory_backend import InProcessQueue
 from facesr.service.queue.redis_backend import RedisQueue
 from facesr.service.queue.redis_source import RedisJobSource
+from facesr.service.queue.settings import QueueSettings
 from facesr.service.settings import ServiceSettings
-from facesr.service.worker import Worker
+from facesr.service.worker.loop import Worker
+from facesr.service.worker.settings import WorkerSettings
 
 MODEL_NAME = "tiny"
 # Two feedback steps instead of four: the same network, half the CPU time per face.
@@ -50,6 +53,7 @@ TEST_LIMITS: dict[str, Any] = {
     "max_batch_size": 4,
     "max_wait_ms": 2.0,
     "default_deadline_ms": 20_000,
+    "warmup": "pow2",
 }
 SERVER_START_TIMEOUT_S = 60.0
 
@@ -154,19 +158,17 @@ class LiveServer:
 class WorkerThread:
     """A Redis worker (the production Worker class) running on a thread."""
 
-    def __init__(self, redis_url: str, prefix: str, engine: Any, **options: Any) -> None:
-        source = RedisJobSource(redis_url, prefix=prefix, max_batch_size=TEST_LIMITS["max_batch_size"])
-        self.worker = Worker(
-            {MODEL_NAME: engine},
-            source,
-            max_batch_size=TEST_LIMITS["max_batch_size"],
-            max_wait_ms=TEST_LIMITS["max_wait_ms"],
-            warmup="pow2",
+    def __init__(self, settings: ServiceSettings, engine: Any, **options: Any) -> None:
+        source = RedisJobSource(settings.queue_settings(), events=metrics.PrometheusQueueEvents())
+        # Faster heartbeats and housekeeping than production, so readiness and takeover tests stay short.
+        worker_settings = dataclasses.replace(
+            settings.worker_settings(),
             heartbeat_interval_s=0.25,
             heartbeat_ttl_s=1.5,
             maintenance_interval_s=0.5,
             **options,
         )
+        self.worker = Worker({MODEL_NAME: engine}, source, worker_settings)
         self.thread = threading.Thread(target=self.worker.run, name="facesr-test-worker", daemon=True)
 
     def start(self) -> None:
@@ -239,11 +241,7 @@ def start_embedded(engine: FaceSR, **overrides: Any) -> RunningService:
     settings = ServiceSettings(**{**TEST_LIMITS, **overrides})
     gated = GatedEngine(engine)
     backend = InProcessQueue(
-        {MODEL_NAME: gated},
-        max_queue=settings.max_queue,
-        max_batch_size=settings.max_batch_size,
-        max_wait_ms=settings.max_wait_ms,
-        warmup="pow2",
+        settings.max_queue, lambda source: Worker({MODEL_NAME: gated}, source, settings.worker_settings())
     )
     server = LiveServer(create_app(settings, backend))
     server.start()
@@ -259,17 +257,14 @@ def start_redis(
     settings = ServiceSettings(**{**TEST_LIMITS, "redis_url": redis_url, "queue_prefix": prefix, **overrides})
     gated = GatedEngine(engine)
     backend = RedisQueue(
-        redis_url,
-        prefix=prefix,
-        max_queue=settings.max_queue,
-        reply_ttl_s=settings.reply_ttl_s,
-        job_ttl_s=settings.job_ttl_s,
+        settings.queue_settings(),
+        events=metrics.PrometheusQueueEvents(),
         connect_timeout_s=0.5,
         command_timeout_s=1.0,
     )
     server = LiveServer(create_app(settings, backend))
     server.start()
-    worker = WorkerThread(redis_url, prefix, gated) if with_worker else None
+    worker = WorkerThread(settings, gated) if with_worker else None
     service = RunningService("redis", server, gated, settings, worker)
     if worker is not None:
         worker.start()
@@ -335,3 +330,15 @@ def service(request: pytest.FixtureRequest) -> RunningService:
 @pytest.fixture
 def png_face() -> bytes:
     return encode(face_array(16, 16))
+
+
+def queue_settings(redis_url: str = "", **overrides: Any) -> QueueSettings:
+    """The queue settings the service would build from TEST_LIMITS, with some fields replaced."""
+    return dataclasses.replace(
+        ServiceSettings(**TEST_LIMITS, redis_url=redis_url).queue_settings(), **overrides
+    )
+
+
+def worker_settings(**overrides: Any) -> WorkerSettings:
+    """The worker settings the service would build from TEST_LIMITS, with some fields replaced."""
+    return dataclasses.replace(ServiceSettings(**TEST_LIMITS).worker_settings(), **overrides)

@@ -14,7 +14,7 @@ from facesr.service.errors import (
     UndecodableImageError,
     UnsupportedMediaTypeError,
 )
-from facesr.service.images import check_part_type, decode_upload, encode_image, read_header, rgb_from_bytes
+from facesr.service.images import check_part_type, decode_upload, encode_image, read_header
 from tests.service.conftest import encode, face_array, png_claiming
 
 LIMITS = {"max_bytes": 1 << 20, "max_pixels": 1 << 20}
@@ -115,10 +115,3 @@ def test_encode_image_round_trip(fmt: str, lossless: bool):
     assert decoded.shape == (128, 128, 3)
     error = np.abs(decoded.astype(int) - face.astype(int)).mean()
     assert error == 0 if lossless else error < 4
-
-
-def test_rgb_from_bytes_checks_the_length():
-    raw = face_array(128, 128).tobytes()
-    assert rgb_from_bytes(raw, 128).shape == (128, 128, 3)
-    with pytest.raises(ValueError, match="expected 49152 bytes"):
-        rgb_from_bytes(raw[:-1], 128)

@@ -46,8 +46,7 @@ def test_readiness_follows_workers_coming_and_going(workerless: RunningService, 
     assert "retry-after" in refused.headers
     assert workerless.client.get("/v1/models").json() == {"models": []}
 
-    prefix = workerless.settings.queue_prefix
-    worker = WorkerThread(redis_url, prefix, workerless.engine)
+    worker = WorkerThread(workerless.settings, workerless.engine)
     worker.start()
     try:
         ready = wait_for_status(workerless.client, "/readyz", 200, timeout_s=30)

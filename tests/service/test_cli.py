@@ -15,7 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
-from facesr.service.api import backends
+from facesr.service import startup
 from facesr.service.cli import app
 from tests.service.conftest import encode, face_array
 
@@ -59,7 +59,7 @@ def test_serve_names_the_setting_when_the_checkpoint_is_missing(runner: CliRunne
 def test_serve_without_a_bundled_checkpoint_says_how_to_fix_it(
     runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    monkeypatch.setattr(backends, "DEFAULT_CHECKPOINT", tmp_path / "default.safetensors")
+    monkeypatch.setattr(startup, "DEFAULT_CHECKPOINT", tmp_path / "default.safetensors")
     result = runner.invoke(app, ["serve"])
 
     assert result.exit_code == CONFIG_ERROR
@@ -97,12 +97,12 @@ def test_worker_refuses_a_metrics_port_in_use_before_loading_the_model(
     """A second worker on one host with the same FACESR_METRICS_PORT: a clear error, not a traceback."""
     import socket
 
-    from facesr.service import worker as worker_module
+    from facesr.service.worker import process as worker_process
 
     def must_not_load(*_args: object, **_kwargs: object) -> None:
         raise AssertionError("the model was loaded although the worker cannot start")
 
-    monkeypatch.setattr(worker_module, "load_engines", must_not_load)
+    monkeypatch.setattr(worker_process, "load_served_engines", must_not_load)
     with socket.socket() as taken:
         taken.bind(("0.0.0.0", 0))  # the interface the worker binds by default
         taken.listen()

@@ -1,4 +1,4 @@
-"""Real worker processes (``python -m facesr.service.worker``) killed or terminated in mid-batch."""
+"""Real worker processes (``facesr worker``, as operators run it) killed or terminated in mid-batch."""
 
 from __future__ import annotations
 
@@ -23,11 +23,13 @@ from facesr.model.checkpoint import save_checkpoint
 from facesr.model.config import DICConfig
 from facesr.model.generator import DICGenerator
 from facesr.model.inference import FaceSR
+from facesr.service import metrics
 from facesr.service.queue import Job, JobOptions, JobResult
 from facesr.service.queue.keys import GROUP, Keys
 from facesr.service.queue.redis_backend import RedisQueue
 from facesr.service.queue.redis_source import RedisJobSource
-from facesr.service.worker import Worker
+from facesr.service.worker.loop import Worker
+from tests.service.conftest import queue_settings, worker_settings
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 MODEL = "tiny"
@@ -59,20 +61,27 @@ def face(colour: int) -> np.ndarray:
 
 def jobs(count: int) -> list[Job]:
     now = time.time()
-    return [Job(f"r{i}", MODEL, face(20 * i).tobytes(), JobOptions(), now, now + 120) for i in range(count)]
+    return [Job(f"r{i}", MODEL, face(20 * i), JobOptions(), now, now + 120) for i in range(count)]
 
 
 @contextmanager
 def worker_process(
     redis_url: str, prefix: str, checkpoint: Path, log: Path, batch: int
 ) -> Iterator[subprocess.Popen]:
+    # Started the way operators start it: the `facesr worker` console script, flags and FACESR_* variables.
     command = [
-        sys.executable, "-m", "facesr.service.worker",
-        "--redis-url", redis_url, "--prefix", prefix, "--checkpoint", str(checkpoint), "--device", "cpu",
-        "--max-batch-size", str(batch), "--max-wait-ms", "50", "--warmup", "pow2",
-        "--claim-idle-ms", "1000", "--heartbeat-ttl-s", "2",
+        str(Path(sys.executable).with_name("facesr")), "worker",
+        "--redis-url", redis_url, "--checkpoint", str(checkpoint), "--device", "cpu",
+        "--max-batch-size", str(batch), "--max-wait-ms", "50", "--metrics-port", "0",
     ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("FACESR_")},
+        "OMP_NUM_THREADS": "1",
+        "FACESR_QUEUE_PREFIX": prefix,
+        "FACESR_WARMUP": "pow2",
+        "FACESR_CLAIM_IDLE_MS": "1000",
+        "FACESR_HEARTBEAT_TTL_S": "2",
+    }
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     with log.open("wb") as out:
         process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -86,16 +95,21 @@ def worker_process(
 
 @contextmanager
 def worker_thread(redis_url: str, prefix: str, engine: FaceSR) -> Iterator[Worker]:
-    source = RedisJobSource(redis_url, prefix=prefix, claim_idle_ms=1000, max_batch_size=4)
+    source = RedisJobSource(
+        queue_settings(redis_url, prefix=prefix, claim_idle_ms=1000, max_batch_size=4),
+        events=metrics.PrometheusQueueEvents(),
+    )
     worker = Worker(
         {MODEL: engine},
         source,
-        max_batch_size=4,
-        max_wait_ms=50,
-        warmup="pow2",
-        heartbeat_interval_s=0.2,
-        heartbeat_ttl_s=2.0,
-        maintenance_interval_s=0.1,
+        worker_settings(
+            max_batch_size=4,
+            max_wait_ms=50,
+            warmup="pow2",
+            heartbeat_interval_s=0.2,
+            heartbeat_ttl_s=2.0,
+            maintenance_interval_s=0.1,
+        ),
     )
     thread = threading.Thread(target=worker.run, daemon=True)
     thread.start()
@@ -132,13 +146,11 @@ def metric(name: str) -> float:
 
 
 def assert_faces_match(results: list[JobResult], submitted: list[Job], engine: FaceSR) -> None:
-    direct = engine.enhance_tensor(
-        np.stack([np.frombuffer(j.lr_rgb, np.uint8).reshape(16, 16, 3) for j in submitted])
-    )
+    direct = engine.enhance_tensor(np.stack([j.lr_rgb for j in submitted]))
     for result, job, expected in zip(results, submitted, direct, strict=True):
         assert result.ok, result.error_message
         assert result.request_id == job.request_id
-        image = np.frombuffer(result.sr_rgb, np.uint8).reshape(128, 128, 3).astype(int)
+        image = result.sr_rgb.astype(int)
         assert np.abs(image - expected.image).max() <= 1
 
 
@@ -151,7 +163,7 @@ def test_sigkill_mid_batch_loses_nothing_another_worker_takes_over(
     redelivered_before = metric("facesr_redelivered_total")
 
     async def scenario(process: subprocess.Popen) -> tuple[list[JobResult], int, str]:
-        queue = RedisQueue(redis_url, prefix=prefix)
+        queue = RedisQueue(queue_settings(redis_url, prefix=prefix), events=metrics.PrometheusQueueEvents())
         await queue.start()
         client = redis.asyncio.Redis.from_url(redis_url)
         try:
@@ -188,7 +200,7 @@ def test_sigterm_finishes_and_acknowledges_the_batch_then_exits_cleanly(
     log = tmp_path / "worker.log"
 
     async def scenario(process: subprocess.Popen) -> tuple[int, int, int, list[JobResult]]:
-        queue = RedisQueue(redis_url, prefix=prefix)
+        queue = RedisQueue(queue_settings(redis_url, prefix=prefix), events=metrics.PrometheusQueueEvents())
         await queue.start()
         client = redis.asyncio.Redis.from_url(redis_url)
         try:

@@ -3,28 +3,53 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import math
 import threading
 import time
 
+import numpy as np
 import pytest
 import torch
 
-from facesr.service.batching import ItemFailure, collect_batch, run_isolating_failures
 from facesr.service.queue.backoff import Backoff
+from facesr.service.queue.batching import collect_batch
 from facesr.service.queue.codec import CodecError, decode_job, decode_result, encode_job, encode_result
-from facesr.service.queue.jobs import HR_BYTES, Job, JobOptions, JobResult
+from facesr.service.queue.jobs import Job, JobOptions, JobResult
 from facesr.service.queue.keys import Keys
 from facesr.service.queue.pending import PendingReplies
-from facesr.service.worker import warmup_sizes
+from facesr.service.worker.isolation import ItemFailure, run_isolating_failures
+from facesr.service.worker.loop import warmup_sizes
+
+HR_SHAPE = (128, 128, 3)
+
+
+def image(value: int, shape: tuple[int, int, int] = HR_SHAPE) -> np.ndarray:
+    return np.full(shape, value, dtype=np.uint8)
+
+
+def assert_same_record(decoded: object, original: object) -> None:
+    """Field by field, arrays by value (dataclass equality cannot compare arrays)."""
+    assert type(decoded) is type(original)
+    for field in dataclasses.fields(original):  # type: ignore[arg-type]
+        got, want = getattr(decoded, field.name), getattr(original, field.name)
+        if isinstance(want, np.ndarray):
+            assert isinstance(got, np.ndarray) and got.dtype == want.dtype
+            np.testing.assert_array_equal(got, want)
+        elif isinstance(want, list) and want and isinstance(want[0], np.ndarray):
+            assert len(got) == len(want)
+            for a, b in zip(got, want, strict=True):
+                np.testing.assert_array_equal(a, b)
+        else:
+            assert got == want, field.name
 
 
 def _job(**overrides: object) -> Job:
     fields: dict[str, object] = {
         "request_id": "req-1",
         "model": "dic",
-        "lr_rgb": bytes(range(256)) * 3,
+        "lr_rgb": np.arange(768, dtype=np.uint16).astype(np.uint8).reshape(16, 16, 3),
         "options": JobOptions(return_steps=True, landmarks=False),
         "enqueued_at": 1_700_000_000.25,
         "deadline": 1_700_000_003.5,
@@ -37,10 +62,10 @@ def test_job_round_trips_through_a_stream_entry_as_bytes_and_json() -> None:
     job = _job()
     fields = encode_job(job, "api-7")
     assert all(isinstance(value, bytes) for value in fields.values())
-    assert fields["lr"] == job.lr_rgb  # raw bytes, no encoding layer
-    json.loads(fields["meta"])  # metadata is plain JSON (never pickle)
+    assert fields["lr"] == job.lr_rgb.tobytes()  # raw bytes, no encoding layer
+    assert json.loads(fields["meta"])["shape"] == [16, 16]  # metadata is plain JSON (never pickle)
     decoded, reply_to = decode_job(fields)
-    assert decoded == job
+    assert_same_record(decoded, job)
     assert reply_to == "api-7"
 
 
@@ -57,6 +82,10 @@ def test_job_without_deadline_round_trips_as_infinite() -> None:
         lambda f: f.update(meta=json.dumps({"v": 99}).encode()),
         lambda f: f.update(meta=json.dumps({"v": 1, "opts": {}}).encode()),
         lambda f: f.update(rid=b"\xff\xfe"),
+        lambda f: f.update(lr=f["lr"][:-1]),  # fewer bytes than the declared shape
+        lambda f: f.update(meta=f["meta"].replace(b'"shape":[16,16]', b'"shape":[16,-16]')),
+        lambda f: f.update(meta=f["meta"].replace(b'"shape":[16,16]', b'"shape":[99999,1]')),
+        lambda f: f.update(meta=f["meta"].replace(b',"shape":[16,16]', b"")),
     ],
 )
 def test_malformed_job_entries_raise_codec_error(corrupt) -> None:
@@ -70,8 +99,8 @@ def test_successful_result_round_trips_with_steps_and_landmarks() -> None:
     result = JobResult(
         request_id="req-1",
         ok=True,
-        sr_rgb=bytes([7]) * HR_BYTES,
-        step_rgb=[bytes([i]) * HR_BYTES for i in range(4)],
+        sr_rgb=image(7),
+        step_rgb=[image(i) for i in range(4)],
         landmarks=[[float(i), float(i) + 0.5, 0.25] for i in range(68)],
         landmark_status="passed",
         model_id="dic-abc",
@@ -79,13 +108,19 @@ def test_successful_result_round_trips_with_steps_and_landmarks() -> None:
         timings={"queue": 0.01, "compute": 0.02, "batch_size": 4.0},
     )
     decoded = decode_result(encode_result(result))
-    assert decoded == result
+    assert_same_record(decoded, result)
+
+
+def test_images_of_one_reply_must_share_a_size() -> None:
+    result = JobResult(request_id="r", ok=True, sr_rgb=image(1), step_rgb=[image(2, (64, 64, 3))])
+    with pytest.raises(ValueError, match="share a size"):
+        encode_result(result)
 
 
 def test_error_result_round_trips_without_images() -> None:
     result = JobResult.failure("req-2", "bad_input", "input must be 768 bytes", worker_id="w1")
     decoded = decode_result(encode_result(result))
-    assert decoded == result
+    assert_same_record(decoded, result)
     assert decoded.sr_rgb is None and decoded.step_rgb is None
 
 
@@ -110,7 +145,7 @@ def test_malformed_reply_frames_raise_codec_error(frame: bytes) -> None:
 
 
 def test_reply_frame_with_truncated_blob_is_refused() -> None:
-    frame = encode_result(JobResult(request_id="r", ok=True, sr_rgb=b"x" * HR_BYTES))
+    frame = encode_result(JobResult(request_id="r", ok=True, sr_rgb=image(120)))
     with pytest.raises(CodecError, match="do not add up"):
         decode_result(frame[:-1])
 
@@ -283,7 +318,7 @@ def test_a_poison_item_is_isolated_by_bisection() -> None:
 )
 def test_malformed_landmark_fields_of_a_reply_are_codec_errors(landmarks: object, status: object) -> None:
     """Replies are read back from Redis: a bad landmark field is refused here, not turned into a 500 later."""
-    good = encode_result(JobResult(request_id="r", ok=True, sr_rgb=bytes(HR_BYTES)))
+    good = encode_result(JobResult(request_id="r", ok=True, sr_rgb=image(0)))
     head_len = int.from_bytes(good[:4], "big")
     header = json.loads(good[4 : 4 + head_len])
     header["landmarks"], header["landmark_status"] = landmarks, status

@@ -21,12 +21,14 @@ from prometheus_client import REGISTRY
 
 from facesr.model.config import DICConfig
 from facesr.model.inference import FaceSR
+from facesr.service import metrics
 from facesr.service.queue import BackendUnavailable, Job, JobOptions, JobResult, QueueFull
 from facesr.service.queue.codec import decode_result, encode_job, encode_result
 from facesr.service.queue.keys import GROUP, Keys
 from facesr.service.queue.redis_backend import RedisQueue
 from facesr.service.queue.redis_source import RedisJobSource
-from facesr.service.worker import Worker
+from facesr.service.worker.loop import Worker
+from tests.service.conftest import queue_settings, worker_settings
 
 pytestmark = pytest.mark.redis
 MODEL = "tiny"
@@ -51,7 +53,7 @@ def face(colour: int) -> np.ndarray:
 
 def job(rid: str, colour: int = 0, *, deadline_s: float = 30.0, model: str = MODEL, **options: bool) -> Job:
     now = time.time()
-    return Job(rid, model, face(colour).tobytes(), JobOptions(**options), now, now + deadline_s)
+    return Job(rid, model, face(colour), JobOptions(**options), now, now + deadline_s)
 
 
 def metric(name: str, labels: dict[str, str] | None = None) -> float:
@@ -71,18 +73,21 @@ def worker_thread(url: str, prefix: str, engine: FaceSR, **options) -> Iterator[
     """A Redis worker on a thread, warmed up and ready; stopped (and joined) on exit."""
     source_options = {k: options.pop(k) for k in ("max_deliveries", "claim_idle_ms") if k in options}
     source = RedisJobSource(
-        url, prefix=prefix, max_batch_size=options.get("max_batch_size", 4), **source_options
+        queue_settings(url, prefix=prefix, max_batch_size=options.get("max_batch_size", 4), **source_options),
+        events=metrics.PrometheusQueueEvents(),
     )
     worker = Worker(
         {MODEL: engine},
         source,
-        max_batch_size=options.pop("max_batch_size", 4),
-        max_wait_ms=options.pop("max_wait_ms", 50.0),
-        warmup="pow2",
-        heartbeat_interval_s=0.2,
-        heartbeat_ttl_s=2.0,
-        maintenance_interval_s=0.1,
-        **options,
+        worker_settings(
+            max_batch_size=options.pop("max_batch_size", 4),
+            max_wait_ms=options.pop("max_wait_ms", 50.0),
+            warmup="pow2",
+            heartbeat_interval_s=0.2,
+            heartbeat_ttl_s=2.0,
+            maintenance_interval_s=0.1,
+            **options,
+        ),
     )
     thread = threading.Thread(target=worker.run, name="test-worker", daemon=True)
     thread.start()
@@ -97,7 +102,10 @@ def worker_thread(url: str, prefix: str, engine: FaceSR, **options) -> Iterator[
 
 @asynccontextmanager
 async def api_queue(url: str, prefix: str, **options) -> AsyncIterator[RedisQueue]:
-    queue = RedisQueue(url, prefix=prefix, **options)
+    timeouts = {k: options.pop(k) for k in ("connect_timeout_s", "command_timeout_s") if k in options}
+    queue = RedisQueue(
+        queue_settings(url, prefix=prefix, **options), events=metrics.PrometheusQueueEvents(), **timeouts
+    )
     await queue.start()
     try:
         yield queue
@@ -173,7 +181,7 @@ def test_concurrent_jobs_are_batched_and_each_reply_reaches_its_caller(
     for i, (result, expected) in enumerate(zip(results, direct, strict=True)):
         assert result.ok, result.error_message
         assert result.request_id == f"r{i}"
-        image = np.frombuffer(result.sr_rgb, np.uint8).reshape(128, 128, 3).astype(int)
+        image = result.sr_rgb.astype(int)
         own = np.abs(image - expected.image.astype(int)).max()
         others = [np.abs(image - d.image.astype(int)).mean() for j, d in enumerate(direct) if j != i]
         assert own <= 1, "the reply must be this caller's own face (batched math may differ by rounding)"
@@ -187,7 +195,7 @@ def test_concurrent_jobs_are_batched_and_each_reply_reaches_its_caller(
 
     # options travel with each job
     assert results[0].step_rgb is not None and len(results[0].step_rgb) == DICConfig.tiny().num_steps
-    assert results[0].step_rgb[-1] == results[0].sr_rgb
+    np.testing.assert_array_equal(results[0].step_rgb[-1], results[0].sr_rgb)
     assert all(r.step_rgb is None for r in results[1:])
     assert results[1].landmarks is None
     landmarks = np.asarray(results[2].landmarks)
@@ -249,22 +257,22 @@ def test_expired_jobs_are_answered_by_the_api_and_skipped_by_the_worker(
 def test_cancelled_jobs_are_skipped_by_the_worker(redis_url: str, prefix: str, engine: FaceSR) -> None:
     cancelled_before = metric("facesr_cancelled_total")
 
-    async def scenario() -> tuple[JobResult, JobResult]:
+    async def scenario() -> tuple[bool, JobResult]:
         async with api_queue(redis_url, prefix) as queue:
             explicit = await queue.submit(job("explicit", 10))
             abandoned = await queue.submit(job("abandoned", 20))
             kept = await queue.submit(job("kept", 30))
-            await queue.cancel("explicit")  # e.g. the client disconnected
+            explicit.cancel()  # e.g. the client disconnected: cancelling the future is the cancel API
             with pytest.raises(asyncio.TimeoutError):
                 await asyncio.wait_for(abandoned, 0.05)  # the caller's own timeout cancels the job too
             await asyncio.sleep(0.1)
             with worker_thread(redis_url, prefix, engine):
                 result = await kept
                 await asyncio.to_thread(wait_until, lambda: stream_length(redis_url, prefix) == 0)
-            return await explicit, result
+            return explicit.cancelled(), result
 
-    explicit, kept = run(scenario())
-    assert explicit.error_kind == "cancelled"
+    explicit_cancelled, kept = run(scenario())
+    assert explicit_cancelled
     assert kept.ok
     assert metric("facesr_cancelled_total") - cancelled_before == 2
 
@@ -278,7 +286,8 @@ def test_a_bad_item_gets_its_own_error_and_the_rest_of_the_batch_succeeds(
     async def scenario() -> dict[str, JobResult]:
         raw = aredis.Redis.from_url(redis_url)
         async with api_queue(redis_url, prefix) as queue:
-            wrong_size = Job("short-bytes", MODEL, b"\x00" * 100, JobOptions(), time.time(), time.time() + 30)
+            small = np.zeros((4, 4, 3), np.uint8)  # a valid frame, but not the model's input size
+            wrong_size = Job("short-bytes", MODEL, small, JobOptions(), time.time(), time.time() + 30)
             futures = {
                 "good-1": await queue.submit(job("good-1", 40)),
                 "short-bytes": await queue.submit(wrong_size),
@@ -298,7 +307,10 @@ def test_a_bad_item_gets_its_own_error_and_the_rest_of_the_batch_succeeds(
     results = run(scenario())
     assert results["good-1"].ok and results["good-2"].ok
     assert results["good-1"].timings["batch_size"] == 2.0  # computed together, without the bad ones
-    assert results["short-bytes"].error_kind == "bad_input" and "768" in results["short-bytes"].error_message
+    assert (
+        results["short-bytes"].error_kind == "bad_input"
+        and "16 x 16 x 3" in results["short-bytes"].error_message
+    )
     assert results["garbled"].error_kind == "bad_input" and "JSON" in results["garbled"].error_message
     assert stream_length(redis_url, prefix) == 0
 
@@ -452,8 +464,14 @@ def test_one_worker_serves_several_models_without_mixing_them_in_a_batch(
     redis_url: str, prefix: str, engine: FaceSR
 ) -> None:
     other = FaceSR.from_config(DICConfig.tiny(), seed=1, name="other")
-    source = RedisJobSource(redis_url, prefix=prefix, max_batch_size=4)
-    worker = Worker({MODEL: engine, "other": other}, source, max_batch_size=4, max_wait_ms=100, warmup="pow2")
+    source = RedisJobSource(
+        queue_settings(redis_url, prefix=prefix, max_batch_size=4), events=metrics.PrometheusQueueEvents()
+    )
+    worker = Worker(
+        {MODEL: engine, "other": other},
+        source,
+        worker_settings(max_batch_size=4, max_wait_ms=100, warmup="pow2"),
+    )
     thread = threading.Thread(target=worker.run, daemon=True)
     thread.start()
 
@@ -481,10 +499,7 @@ def test_one_worker_serves_several_models_without_mixing_them_in_a_batch(
     expected = [engine, other, engine, other, other]
     for i, (result, model) in enumerate(zip(results, expected, strict=True)):
         direct = model.enhance_tensor(face(30 * i)[None])[0].image
-        assert (
-            np.abs(np.frombuffer(result.sr_rgb, np.uint8).reshape(128, 128, 3).astype(int) - direct).max()
-            <= 1
-        )
+        assert np.abs(result.sr_rgb.astype(int) - direct).max() <= 1
     assert all(r.timings["batch_size"] <= 3 for r in results)  # never more than one model's jobs
 
 
@@ -496,14 +511,20 @@ def test_entries_read_but_not_started_are_handed_back_on_exit(redis_url: str, pr
         for i, model in enumerate([MODEL, "other", "other"]):
             client.xadd(keys.jobs(model), encode_job(job(f"r{i}", model=model), "api"))
 
-    leaving = RedisJobSource(redis_url, prefix=prefix, claim_idle_ms=600_000)
+    leaving = RedisJobSource(
+        queue_settings(redis_url, prefix=prefix, claim_idle_ms=600_000),
+        events=metrics.PrometheusQueueEvents(),
+    )
     leaving.open("leaving", [MODEL, "other"])
     first = leaving.next_batch(4, 0.01, threading.Event())  # one model's batch; the other waits in hand
     assert len({d.job.model for d in first}) == 1
     leaving.finish([(d, JobResult(request_id=d.request_id, ok=True)) for d in first])
     leaving.close()
 
-    taking_over = RedisJobSource(redis_url, prefix=prefix, claim_idle_ms=600_000)
+    taking_over = RedisJobSource(
+        queue_settings(redis_url, prefix=prefix, claim_idle_ms=600_000),
+        events=metrics.PrometheusQueueEvents(),
+    )
     taking_over.open("taking-over", [MODEL, "other"])
     taking_over.maintain()  # claims only entries idle for 10 minutes, which the handed-back ones are
     rest = taking_over.next_batch(4, 0.01, threading.Event())
@@ -522,18 +543,26 @@ def test_rolling_restarts_never_dead_letter_a_handed_back_job(redis_url: str, pr
         client.xadd(keys.jobs(MODEL), encode_job(job("started"), "api"))
         client.xadd(keys.jobs("other"), encode_job(job("waiting", model="other"), "api"))
 
-    first = RedisJobSource(redis_url, prefix=prefix, max_deliveries=1, claim_idle_ms=600_000)
+    first = RedisJobSource(
+        queue_settings(redis_url, prefix=prefix, max_deliveries=1, claim_idle_ms=600_000),
+        events=metrics.PrometheusQueueEvents(),
+    )
     first.open("restart-0", [MODEL, "other"])
     started = first.next_batch(4, 0.01, threading.Event())  # the other model's job waits in hand
     assert [d.request_id for d in started] == ["started"]
     first.finish([(d, JobResult(request_id=d.request_id, ok=True)) for d in started])
     first.close()
     for restart in range(1, 5):
-        source = RedisJobSource(redis_url, prefix=prefix, max_deliveries=1, claim_idle_ms=600_000)
+        source = RedisJobSource(
+            queue_settings(redis_url, prefix=prefix, max_deliveries=1, claim_idle_ms=600_000)
+        )
         source.open(f"restart-{restart}", [MODEL, "other"])
         source.maintain()  # takes the handed-back job into its hand, then leaves (SIGTERM) before starting it
         source.close()
-    last = RedisJobSource(redis_url, prefix=prefix, max_deliveries=1, claim_idle_ms=600_000)
+    last = RedisJobSource(
+        queue_settings(redis_url, prefix=prefix, max_deliveries=1, claim_idle_ms=600_000),
+        events=metrics.PrometheusQueueEvents(),
+    )
     last.open("last", [MODEL, "other"])
     last.maintain()
     served = last.next_batch(4, 0.01, threading.Event())
@@ -574,7 +603,7 @@ class HungEngine:
     def __init__(self, inner: FaceSR) -> None:
         self.inner = inner
         self.card, self.model_id = inner.card, inner.model_id
-        self.device, self.dtype = inner.device, inner.dtype
+        self.device, self.dtype, self.config = inner.device, inner.dtype, inner.config
         self.armed = False
         self.entered = threading.Event()
         self.release = threading.Event()
@@ -625,7 +654,10 @@ def test_a_live_owner_keeps_its_jobs_and_racing_workers_take_an_orphan_once(
 
     racers = []
     for name in ("racer-a", "racer-b"):
-        source = RedisJobSource(redis_url, prefix=prefix, claim_idle_ms=600_000)
+        source = RedisJobSource(
+            queue_settings(redis_url, prefix=prefix, claim_idle_ms=600_000),
+            events=metrics.PrometheusQueueEvents(),
+        )
         source.open(name, [MODEL])
         racers.append(source)
     for source in racers:

@@ -17,12 +17,14 @@ from prometheus_client import REGISTRY
 
 from facesr.model.config import DICConfig
 from facesr.model.inference import FaceSR
+from facesr.service import metrics
 from facesr.service.queue import Job, JobOptions, JobResult
 from facesr.service.queue.keys import GROUP, Keys
 from facesr.service.queue.redis_backend import RedisQueue
 from facesr.service.queue.redis_source import RedisJobSource
 from facesr.service.queue.source import Delivery, WorkerInfo
-from facesr.service.worker import Worker
+from facesr.service.worker.loop import Worker
+from tests.service.conftest import queue_settings, worker_settings
 
 MODEL = "tiny"
 
@@ -38,7 +40,7 @@ class WrappedEngine:
     def __init__(self, inner: FaceSR, events: list | None = None) -> None:
         self.inner = inner
         self.card, self.model_id = inner.card, inner.model_id
-        self.device, self.dtype = inner.device, inner.dtype
+        self.device, self.dtype, self.config = inner.device, inner.dtype, inner.config
         self.events = events if events is not None else []
         self.armed = False  # failures are injected only after warm-up
 
@@ -118,8 +120,7 @@ def face(colour: int) -> np.ndarray:
 def deliveries(faces: list[np.ndarray]) -> list[Delivery]:
     now = time.time()
     return [
-        Delivery(i, f"r{i}", Job(f"r{i}", MODEL, f.tobytes(), JobOptions(), now, now + 30))
-        for i, f in enumerate(faces)
+        Delivery(i, f"r{i}", Job(f"r{i}", MODEL, f, JobOptions(), now, now + 30)) for i, f in enumerate(faces)
     ]
 
 
@@ -128,14 +129,16 @@ def metric(name: str, labels: dict[str, str] | None = None) -> float:
 
 
 def image_of(result: JobResult) -> np.ndarray:
-    return np.frombuffer(result.sr_rgb, np.uint8).reshape(128, 128, 3).astype(int)
+    return result.sr_rgb.astype(int)
 
 
 def test_heartbeat_reports_ready_only_after_every_batch_size_is_warmed(engine: FaceSR) -> None:
     events: list = []
     source = RecordingSource(events)
     worker = Worker(
-        {MODEL: WrappedEngine(engine, events)}, source, max_batch_size=3, heartbeat_interval_s=0.05
+        {MODEL: WrappedEngine(engine, events)},
+        source,
+        worker_settings(max_batch_size=3, heartbeat_interval_s=0.05),
     )
     thread = threading.Thread(target=worker.run, daemon=True)
     thread.start()
@@ -176,7 +179,9 @@ def test_a_stalled_batch_withdraws_the_worker_until_it_finishes(engine: FaceSR) 
     source = RecordingSource(events)
     hanging = HangsWhenArmed(engine, events)
     worker = Worker(
-        {MODEL: hanging}, source, max_batch_size=1, heartbeat_interval_s=0.05, batch_timeout_s=0.3
+        {MODEL: hanging},
+        source,
+        worker_settings(max_batch_size=1, heartbeat_interval_s=0.05, batch_timeout_s=0.3),
     )
     thread = threading.Thread(target=worker.run, daemon=True)
     thread.start()
@@ -209,7 +214,7 @@ def test_oom_splits_the_batch_and_every_item_still_gets_its_face(engine: FaceSR)
     oom = OomAbove(engine, events)
     faces = [face(c) for c in (0, 50, 100, 150, 200)]
     source = RecordingSource(events)
-    worker = Worker({MODEL: oom}, source, max_batch_size=5)
+    worker = Worker({MODEL: oom}, source, worker_settings(max_batch_size=5))
     splits_before = metric("facesr_oom_splits_total")
     model_phases_before = metric("facesr_compute_seconds_count", {"phase": "model"})
     oom.armed = True
@@ -231,20 +236,24 @@ def test_oom_splits_the_batch_and_every_item_still_gets_its_face(engine: FaceSR)
 def test_oom_during_warmup_lowers_the_batch_size(engine: FaceSR) -> None:
     oom = OomAbove(engine)
     oom.armed = True
-    worker = Worker({MODEL: oom}, RecordingSource([]), max_batch_size=4)
+    worker = Worker({MODEL: oom}, RecordingSource([]), worker_settings(max_batch_size=4))
     worker.warm_up()
     assert worker.max_batch_size == OomAbove.limit
 
 
-def test_one_failing_item_is_isolated_and_bad_bytes_never_reach_the_model(engine: FaceSR) -> None:
+def test_one_failing_item_is_isolated_and_a_wrongly_sized_input_never_reaches_the_model(
+    engine: FaceSR,
+) -> None:
     events: list = []
     choking = ChokesOnWhite(engine, events)
     choking.armed = True
     source = RecordingSource(events)
-    worker = Worker({MODEL: choking}, source, max_batch_size=4)
+    worker = Worker({MODEL: choking}, source, worker_settings(max_batch_size=4))
     batch = deliveries([face(10), np.full((16, 16, 3), 255, np.uint8), face(70)])
     now = time.time()
-    batch.append(Delivery(99, "short", Job("short", MODEL, b"\x01" * 10, JobOptions(), now, now + 30)))
+    batch.append(
+        Delivery(99, "short", Job("short", MODEL, np.ones((4, 4, 3), np.uint8), JobOptions(), now, now + 30))
+    )
     batch.append(Delivery(98, None, None, "api-x", error="job entry has no 'meta' field"))
     worker.process(batch)
 
@@ -252,7 +261,7 @@ def test_one_failing_item_is_isolated_and_bad_bytes_never_reach_the_model(engine
     assert len(results) == 5  # every delivery is answered (and acknowledged)
     assert results[0].ok and results[2].ok
     assert results[1].error_kind == "internal" and "blank face" in results[1].error_message
-    assert results[99].error_kind == "bad_input" and "768" in results[99].error_message
+    assert results[99].error_kind == "bad_input" and "16 x 16 x 3" in results[99].error_message
     assert results[98].error_kind == "bad_input" and "meta" in results[98].error_message
     assert max(n for kind, n in events if kind == "compute") == 3  # the short input was never computed
 
@@ -271,7 +280,7 @@ class NanLandmarksOnWhite(WrappedEngine):
 
 def test_non_finite_landmarks_fail_only_their_own_item(engine: FaceSR) -> None:
     source = RecordingSource([])
-    worker = Worker({MODEL: NanLandmarksOnWhite(engine)}, source, max_batch_size=4)
+    worker = Worker({MODEL: NanLandmarksOnWhite(engine)}, source, worker_settings(max_batch_size=4))
     worker.process(deliveries([face(10), np.full((16, 16, 3), 255, np.uint8), face(70)]))
 
     results = {d.handle: r for d, r in source.finished}
@@ -296,27 +305,25 @@ def test_stop_finishes_and_acknowledges_the_batch_in_hand(redis_url: str, engine
     gated = Gated(engine)
     worker = Worker(
         {MODEL: gated},
-        RedisJobSource(redis_url, prefix=prefix, max_batch_size=2),
-        max_batch_size=2,
-        max_wait_ms=300,
-        warmup="pow2",
-        heartbeat_interval_s=0.2,
-        heartbeat_ttl_s=2.0,
+        RedisJobSource(
+            queue_settings(redis_url, prefix=prefix, max_batch_size=2), events=metrics.PrometheusQueueEvents()
+        ),
+        worker_settings(
+            max_batch_size=2, max_wait_ms=300, warmup="pow2", heartbeat_interval_s=0.2, heartbeat_ttl_s=2.0
+        ),
     )
     thread = threading.Thread(target=worker.run, daemon=True)
     thread.start()
 
     async def scenario() -> list[JobResult]:
-        queue = RedisQueue(redis_url, prefix=prefix)
+        queue = RedisQueue(queue_settings(redis_url, prefix=prefix), events=metrics.PrometheusQueueEvents())
         await queue.start()
         try:
             while not worker.is_ready():
                 await asyncio.sleep(0.02)
             gated.armed = True
             now = time.time()
-            jobs = [
-                Job(f"r{i}", MODEL, face(i * 40).tobytes(), JobOptions(), now, now + 60) for i in range(5)
-            ]
+            jobs = [Job(f"r{i}", MODEL, face(i * 40), JobOptions(), now, now + 60) for i in range(5)]
             in_hand = await asyncio.gather(*[queue.submit(j) for j in jobs[:2]])
             await asyncio.to_thread(entered.wait, 10)
             for j in jobs[2:]:

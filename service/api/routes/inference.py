@@ -23,7 +23,6 @@ from facesr.service.api.negotiation import Representation, negotiate
 from facesr.service.api.pipeline import (
     EncodedFace,
     encode_face,
-    error_for_result,
     make_job,
     read_upload,
     run_jobs,
@@ -40,7 +39,13 @@ from facesr.service.api.schemas import (
 )
 from facesr.service.api.state import ServiceState
 from facesr.service.api.timing import PhaseTimings
-from facesr.service.errors import NotAcceptableError, PayloadTooLargeError, ServiceError, problem_for
+from facesr.service.errors import (
+    NotAcceptableError,
+    PayloadTooLargeError,
+    ServiceError,
+    error_for_result,
+    problem_for,
+)
 from facesr.service.images import OUTPUT_MEDIA_TYPES, DecodedUpload
 from facesr.service.queue.jobs import Job, JobOptions, JobResult
 
@@ -145,7 +150,7 @@ async def super_resolve(
     upload = await read_upload(image, service, timings)
     request_id: str = request.state.request_id
     job = make_job(request_id, model, upload, wanted, deadline)
-    [outcome] = await run_jobs(service.backend, request, [job], deadline)
+    [outcome] = await run_jobs(service.backend, request, [job])
     if isinstance(outcome, Exception):
         raise outcome
     if not outcome.ok:
@@ -219,7 +224,7 @@ async def super_resolve_batch(
         for index, upload in enumerate(decoded)
         if isinstance(upload, DecodedUpload)
     }
-    outcomes = await run_jobs(service.backend, request, list(jobs.values()), deadline)
+    outcomes = await run_jobs(service.backend, request, list(jobs.values()))
 
     errors: dict[int, Exception] = {
         index: upload for index, upload in enumerate(decoded) if isinstance(upload, ServiceError)

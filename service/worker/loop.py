@@ -18,12 +18,12 @@ heartbeat thread log an error, report the worker not ready and withdraw its hear
 its in-flight jobs, so other workers take them over. Should the batch finish after all, the worker
 answers it (a second answer is dropped as late by the API) and reports ready again.
 
-From the command line: ``python -m facesr.service.worker --redis-url redis://... --checkpoint m.safetensors``.
+Operators start it as ``facesr worker`` (see `process.py`); the embedded server runs the same class on a
+thread of the API process.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import secrets
@@ -31,62 +31,27 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any
 
 import numpy as np
 import torch
 
-from facesr.model.checkpoint import ModelCard
-from facesr.model.landmark_quality import landmark_quality
 from facesr.service import metrics
-from facesr.service.batching import ItemFailure, run_isolating_failures
 from facesr.service.queue.backoff import Backoff
 from facesr.service.queue.base import BackendUnavailable
-from facesr.service.queue.jobs import HR_BYTES, LR_BYTES, LR_SIZE, Job, JobResult
+from facesr.service.queue.jobs import ErrorKind, Job, JobResult
 from facesr.service.queue.source import Delivery, JobSource, WorkerInfo
+from facesr.service.worker.engine import Engine, describe_engine, dtype_label, engine_landmark_quality
+from facesr.service.worker.isolation import ItemFailure, run_isolating_failures
+from facesr.service.worker.settings import WarmupMode, WorkerSettings
 
 log = logging.getLogger(__name__)
-
-WarmupMode = Literal["all", "pow2"]
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-
-__all__ = [
-    "Engine",
-    "Worker",
-    "WorkerStartupError",
-    "load_engines",
-    "main",
-    "run_redis_worker",
-    "warmup_sizes",
-]
-
-
-class WorkerStartupError(Exception):
-    """The worker cannot start with this configuration; the message names the setting to change."""
 
 
 class NonFiniteOutputError(ValueError):
     """The model returned NaN or infinite values for one face."""
-
-
-class Engine(Protocol):
-    """What the worker needs from a model (``facesr.model.inference.FaceSR`` is one)."""
-
-    model_id: str
-    device: torch.device
-    dtype: torch.dtype
-
-    @property
-    def card(self) -> Any: ...  # a pydantic ModelCard: ``model_dump(mode="json")``
-
-    def enhance_tensor(self, lr: np.ndarray, *, return_steps: bool = False) -> list[Any]:
-        """N x 16 x 16 x 3 uint8 RGB -> N results with ``image`` (128 x 128 x 3 uint8), ``landmarks``
-        (68 x 2 float, output pixels, or None), ``confidence`` (68 floats in [0, 1] beside the
-        landmarks) and ``steps`` (list of images, or None)."""
-        ...
 
 
 def warmup_sizes(max_batch_size: int, mode: WarmupMode = "all") -> list[int]:
@@ -107,30 +72,10 @@ def make_worker_id() -> str:
     return f"{host}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
-def describe_engine(engine: Engine) -> dict[str, Any]:
-    """The model card as JSON plus what this worker runs it with (advertised in heartbeats)."""
-    card = engine.card.model_dump(mode="json") if hasattr(engine.card, "model_dump") else dict(engine.card)
-    quality = landmark_quality(engine.card) if isinstance(engine.card, ModelCard) else None
-    return {
-        **card,
-        **({"landmark_quality": quality.as_dict()} if quality is not None else {}),
-        "model_id": engine.model_id,
-        "device": str(engine.device),
-        "dtype": dtype_label(engine.dtype),
-    }
-
-
-def dtype_label(dtype: torch.dtype) -> str:
-    """ "fp32" / "bf16" / "fp16" as in the settings, else the torch name."""
-    return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(
-        dtype, str(dtype).removeprefix("torch.")
-    )
-
-
 class Worker:
     """Consumes jobs from ``source`` and answers them with ``engines`` (model name -> engine).
 
-    Construct with plain arguments; ``run()`` blocks until :meth:`stop` (or SIGTERM/SIGINT when run on
+    Construct with its settings object; ``run()`` blocks until :meth:`stop` (or SIGTERM/SIGINT when run on
     the main thread). The same class serves the Redis backend and the in-process backend.
     """
 
@@ -138,35 +83,22 @@ class Worker:
         self,
         engines: Mapping[str, Engine],
         source: JobSource,
+        settings: WorkerSettings,
         *,
-        max_batch_size: int = 8,
-        max_wait_ms: float = 5.0,
-        warmup: WarmupMode = "all",
-        heartbeat_interval_s: float = 2.0,
-        heartbeat_ttl_s: float = 10.0,
-        maintenance_interval_s: float = 1.0,
-        batch_timeout_s: float = 60.0,
         worker_id: str | None = None,
     ) -> None:
         if not engines:
             raise ValueError("a worker needs at least one engine")
-        if max_batch_size < 1:
-            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
-        if max_wait_ms < 0:
-            raise ValueError(f"max_wait_ms must be >= 0, got {max_wait_ms}")
-        if heartbeat_ttl_s <= heartbeat_interval_s:
-            raise ValueError("heartbeat_ttl_s must exceed heartbeat_interval_s, or readiness would flap")
-        if batch_timeout_s <= 0:
-            raise ValueError(f"batch_timeout_s must be > 0, got {batch_timeout_s}")
         self.engines = dict(engines)
         self.source = source
-        self.max_batch_size = max_batch_size
-        self.max_wait_s = max_wait_ms / 1000.0
-        self.warmup_batch_sizes = warmup_sizes(max_batch_size, warmup)
-        self.heartbeat_interval_s = heartbeat_interval_s
-        self.heartbeat_ttl_s = heartbeat_ttl_s
-        self.maintenance_interval_s = maintenance_interval_s
-        self.batch_timeout_s = batch_timeout_s
+        self.settings = settings
+        self.max_batch_size = settings.max_batch_size
+        self.max_wait_s = settings.max_wait_ms / 1000.0
+        self.warmup_batch_sizes = warmup_sizes(settings.max_batch_size, settings.warmup)
+        self.heartbeat_interval_s = settings.heartbeat_interval_s
+        self.heartbeat_ttl_s = settings.heartbeat_ttl_s
+        self.maintenance_interval_s = settings.maintenance_interval_s
+        self.batch_timeout_s = settings.batch_timeout_s
         self.worker_id = worker_id or make_worker_id()
         self._stop = threading.Event()
         self._ready = False
@@ -242,7 +174,8 @@ class Worker:
                     return
                 started = time.perf_counter()
                 try:
-                    engine.enhance_tensor(np.zeros((size, LR_SIZE, LR_SIZE, 3), np.uint8))
+                    side = engine.config.lr_size
+                    engine.enhance_tensor(np.zeros((size, side, side, 3), np.uint8))
                 except torch.cuda.OutOfMemoryError:
                     torch.cuda.empty_cache()
                     fitted = [s for s in self.warmup_batch_sizes if s < size]
@@ -328,26 +261,27 @@ class Worker:
         if job is None:
             metrics.ITEM_ERRORS.labels(kind="bad_input").inc()
             return self._failure(delivery, "bad_input", delivery.error or "malformed job")
-        if job.deadline <= now:  # checked first: the API also marks expired jobs cancelled
+        if job.is_expired(now):  # checked first: the API also marks expired jobs cancelled
             metrics.EXPIRED.inc()
-            late = now - job.deadline
-            return self._failure(delivery, "expired", f"deadline passed {late:.3f} s before the job ran")
+            expired = job.expired_result("before the job ran", now)
+            return self._failure(delivery, "expired", expired.error_message or "deadline passed")
         if job.request_id in cancelled:
             metrics.CANCELLED.inc()
             return self._failure(delivery, "cancelled", "the caller went away before the job ran")
-        if len(job.lr_rgb) != LR_BYTES:
-            metrics.ITEM_ERRORS.labels(kind="bad_input").inc()
-            return self._failure(
-                delivery,
-                "bad_input",
-                f"input must be {LR_BYTES} bytes (16 x 16 RGB uint8), got {len(job.lr_rgb)}",
-            )
         if job.model not in self.engines:
             metrics.ITEM_ERRORS.labels(kind="bad_input").inc()
             return self._failure(
                 delivery,
                 "bad_input",
                 f"model {job.model!r} is not served here ({sorted(self.engines)})",
+            )
+        side = self.engines[job.model].config.lr_size
+        if job.lr_rgb.shape != (side, side, 3) or job.lr_rgb.dtype != np.uint8:
+            metrics.ITEM_ERRORS.labels(kind="bad_input").inc()
+            return self._failure(
+                delivery,
+                "bad_input",
+                f"input must be {side} x {side} x 3 uint8 RGB, got {job.lr_rgb.shape} {job.lr_rgb.dtype}",
             )
         return None
 
@@ -360,7 +294,7 @@ class Worker:
             raise RuntimeError("a batch mixed models; the job source must not do that")
 
         started = time.perf_counter()
-        lr = np.frombuffer(b"".join(job.lr_rgb for job in jobs), np.uint8).reshape(-1, LR_SIZE, LR_SIZE, 3)
+        lr = np.stack([job.lr_rgb for job in jobs])
         return_steps = any(job.options.return_steps for job in jobs)
         prepared = time.perf_counter()
 
@@ -401,13 +335,16 @@ class Worker:
 
     def _success(self, job: Job, output: Any, engine: Engine, timings: dict[str, float]) -> JobResult:
         image = np.ascontiguousarray(output.image, dtype=np.uint8)
-        if image.nbytes != HR_BYTES:
-            raise RuntimeError(f"engine returned an image of shape {image.shape}, expected 128 x 128 x 3")
+        side = engine.config.hr_size
+        if image.shape != (side, side, 3):
+            raise RuntimeError(
+                f"engine returned an image of shape {image.shape}, expected {side} x {side} x 3"
+            )
         steps = None
         if job.options.return_steps and output.steps is not None:
-            steps = [np.ascontiguousarray(step, dtype=np.uint8).tobytes() for step in output.steps]
+            steps = [np.ascontiguousarray(step, dtype=np.uint8) for step in output.steps]
         landmarks = None
-        quality = landmark_quality(engine.card) if isinstance(engine.card, ModelCard) else None
+        quality = engine_landmark_quality(engine)
         status = quality.status if quality is not None else None
         if job.options.landmarks and output.landmarks is not None and not (quality and quality.withheld):
             points = np.asarray(output.landmarks, dtype=np.float64)
@@ -419,7 +356,7 @@ class Worker:
         return JobResult(
             request_id=job.request_id,
             ok=True,
-            sr_rgb=image.tobytes(),
+            sr_rgb=image,
             step_rgb=steps,
             landmarks=landmarks,
             landmark_status=status if job.options.landmarks else None,
@@ -429,7 +366,7 @@ class Worker:
         )
 
     def _failure(
-        self, delivery: Delivery, kind: Any, message: str, timings: dict[str, float] | None = None
+        self, delivery: Delivery, kind: ErrorKind, message: str, timings: dict[str, float] | None = None
     ) -> JobResult:
         return JobResult.failure(
             delivery.request_id or "", kind, message, worker_id=self.worker_id, timings=timings
@@ -504,151 +441,3 @@ class Worker:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-
-
-# -- construction from plain arguments (used by `facesr worker` and `python -m facesr.service.worker`) ----
-def load_engines(
-    checkpoints: Sequence[str | Path | None], *, device: str | None = None, dtype: str | None = None
-) -> dict[str, Engine]:
-    """Load each checkpoint (None = the bundled default) and key it by its card's name."""
-    from facesr.model.inference import FaceSR
-
-    engines: dict[str, Engine] = {}
-    for path in checkpoints or [None]:
-        engine = FaceSR.from_checkpoint(path, device=device, dtype=dtype)
-        name = engine.card.name
-        if name in engines:
-            raise ValueError(f"two checkpoints advertise the model name {name!r}; names must be unique")
-        engines[name] = engine
-    return engines
-
-
-def run_redis_worker(
-    redis_url: str,
-    checkpoints: Sequence[str | Path | None] = (),
-    *,
-    prefix: str = "facesr",
-    device: str | None = None,
-    dtype: str | None = None,
-    max_batch_size: int = 8,
-    max_wait_ms: float = 5.0,
-    max_deliveries: int = 3,
-    claim_idle_ms: int = 30_000,
-    heartbeat_ttl_s: float = 10.0,
-    reply_ttl_s: float = 60.0,
-    batch_timeout_s: float = 60.0,
-    warmup: WarmupMode = "all",
-    metrics_port: int | None = None,
-    metrics_host: str = "0.0.0.0",  # noqa: S104 - a scrape target inside a container network
-    on_ready: Callable[[Worker], None] | None = None,
-) -> int:
-    """Load the engines, connect to Redis and serve until SIGTERM. Returns a process exit code.
-
-    Raises:
-        WorkerStartupError: the metrics port cannot be bound (found out before the models are loaded).
-    """
-    from facesr.service.queue.redis_source import RedisJobSource
-
-    serving: list[Worker] = []  # the metrics endpoint exists before the worker does
-    server = None
-    if metrics_port is not None:
-        try:
-            server = metrics.start_metrics_server(
-                metrics_port, metrics_host, ready=lambda: bool(serving) and serving[0].is_ready()
-            )
-        except OSError as error:
-            raise WorkerStartupError(
-                f"cannot serve metrics on {metrics_host}:{metrics_port} ({error.strerror or error}); give "
-                "each worker on a host its own FACESR_METRICS_PORT (--metrics-port), or 0 to turn it off"
-            ) from error
-        log.info("metrics on http://%s:%d/metrics", metrics_host, server.server_address[1])
-    try:
-        engines = load_engines(checkpoints, device=device, dtype=dtype)
-        source = RedisJobSource(
-            redis_url,
-            prefix=prefix,
-            max_deliveries=max_deliveries,
-            claim_idle_ms=claim_idle_ms,
-            reply_ttl_s=reply_ttl_s,
-            max_batch_size=max_batch_size,
-        )
-        worker = Worker(
-            engines,
-            source,
-            max_batch_size=max_batch_size,
-            max_wait_ms=max_wait_ms,
-            warmup=warmup,
-            # The heartbeat thread also refreshes in-flight entries; it must beat well within claim_idle_ms.
-            heartbeat_interval_s=min(heartbeat_ttl_s / 4, claim_idle_ms / 3000),
-            heartbeat_ttl_s=heartbeat_ttl_s,
-            maintenance_interval_s=max(0.2, claim_idle_ms / 4000),
-            batch_timeout_s=batch_timeout_s,
-        )
-        serving.append(worker)
-        if on_ready is not None:
-            on_ready(worker)
-        worker.run()
-    finally:
-        if server is not None:
-            server.shutdown()
-            server.server_close()
-    return 0
-
-
-def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m facesr.service.worker", description="Serve face super-resolution jobs from Redis."
-    )
-    parser.add_argument(
-        "--redis-url", default=os.environ.get("FACESR_REDIS_URL"), help="redis://host:port/db"
-    )
-    parser.add_argument(
-        "--checkpoint", action="append", default=[], help="checkpoint path (repeatable; default: bundled)"
-    )
-    parser.add_argument("--prefix", default="facesr", help="key prefix shared with the API")
-    parser.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: CUDA when available)")
-    parser.add_argument("--dtype", default=None, choices=["fp32", "bf16", "fp16"])
-    parser.add_argument("--max-batch-size", type=int, default=8)
-    parser.add_argument("--max-wait-ms", type=float, default=5.0)
-    parser.add_argument("--max-deliveries", type=int, default=3)
-    parser.add_argument("--claim-idle-ms", type=int, default=30_000)
-    parser.add_argument("--heartbeat-ttl-s", type=float, default=10.0)
-    parser.add_argument("--reply-ttl-s", type=float, default=60.0)
-    parser.add_argument("--batch-timeout-s", type=float, default=60.0, help="stall watchdog limit per batch")
-    parser.add_argument("--warmup", choices=["all", "pow2"], default="all")
-    parser.add_argument("--metrics-port", type=int, default=None, help="serve /metrics on this port")
-    parser.add_argument("--log-level", default="INFO")
-    args = parser.parse_args(argv)
-    if not args.redis_url:
-        parser.error("--redis-url (or FACESR_REDIS_URL) is required")
-    return args
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point; exit code 0 after a clean SIGTERM drain, 2 for a configuration error."""
-    args = _parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT)
-    try:
-        return run_redis_worker(
-            args.redis_url,
-            args.checkpoint,
-            prefix=args.prefix,
-            device=args.device,
-            dtype=args.dtype,
-            max_batch_size=args.max_batch_size,
-            max_wait_ms=args.max_wait_ms,
-            max_deliveries=args.max_deliveries,
-            claim_idle_ms=args.claim_idle_ms,
-            heartbeat_ttl_s=args.heartbeat_ttl_s,
-            reply_ttl_s=args.reply_ttl_s,
-            batch_timeout_s=args.batch_timeout_s,
-            warmup=args.warmup,
-            metrics_port=args.metrics_port,
-        )
-    except WorkerStartupError as error:
-        log.error("%s", error)
-        return 2
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,0 +1,61 @@
+"""In Redis mode the API process never runs a model, so it must never import torch (about 230 MB)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+pytestmark = pytest.mark.redis
+
+# Run in a fresh interpreter: this test session has imported torch long ago.
+PROBE = textwrap.dedent(
+    """
+    import io, json, sys
+
+    import numpy as np
+    from fastapi.testclient import TestClient
+    from PIL import Image
+
+    from facesr.service.api.app import create_app
+    from facesr.service.settings import ServiceSettings
+
+    settings = ServiceSettings(redis_url=sys.argv[1], queue_prefix=sys.argv[2], default_deadline_ms=300)
+    face = io.BytesIO()
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(face, format="PNG")
+    statuses = {}
+    with TestClient(create_app(settings)) as client:  # the lifespan connects the Redis queue
+        statuses["healthz"] = client.get("/healthz").status_code
+        statuses["readyz"] = client.get("/readyz").status_code
+        statuses["metrics"] = client.get("/metrics").status_code
+        statuses["models"] = client.get("/v1/models").status_code
+        files = {"image": ("face.png", face.getvalue(), "image/png")}
+        statuses["super_resolve"] = client.post("/v1/super-resolve", files=files).status_code
+    heavy = sorted(name for name in sys.modules if name.split(".")[0] in ("torch", "safetensors"))
+    print(json.dumps({"statuses": statuses, "heavy": heavy}))
+    """
+)
+
+
+def test_the_api_process_in_redis_mode_imports_no_torch(redis_url: str) -> None:
+    finished = subprocess.run(
+        [sys.executable, "-c", PROBE, redis_url, "torchfree"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert finished.returncode == 0, finished.stderr
+    report = json.loads(finished.stdout.strip().splitlines()[-1])
+    # The app really served: alive, not ready (no worker), and a request refused for that reason.
+    assert report["statuses"] == {
+        "healthz": 200,
+        "readyz": 503,
+        "metrics": 200,
+        "models": 200,
+        "super_resolve": 503,
+    }
+    assert report["heavy"] == [], f"the API process imported {report['heavy'][:5]}"
