@@ -38,6 +38,7 @@ test: venv
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	PYTHON=$(PY) scripts/typecheck.sh
 
 
 check-deploy: venv

@@ -30,6 +30,7 @@ import numpy as np
 from facesr.service.queue import Job, JobOptions, QueueBackend
 from facesr.service.queue.memory_backend import InProcessQueue
 from facesr.service.queue.redis_backend import RedisQueue
+from facesr.service.settings import ServiceSettings
 
 MODEL = "noop"
 
@@ -46,6 +47,7 @@ class _Card:
 class _Face:
     image: np.ndarray
     landmarks: np.ndarray
+    confidence: np.ndarray
     steps: None = None
 
 
@@ -58,21 +60,37 @@ class NoOpEngine:
     def __init__(self) -> None:
         import torch
 
+        from facesr.model.config import DICConfig
+
         self.device, self.dtype = torch.device("cpu"), torch.float32
+        self.config = DICConfig.tiny()
         self._image = np.zeros((128, 128, 3), np.uint8)
         self._landmarks = np.zeros((68, 2), np.float32)
+        self._confidence = np.ones(68, np.float32)
 
     def enhance_tensor(self, lr: np.ndarray, *, return_steps: bool = False) -> list[_Face]:
-        return [_Face(self._image, self._landmarks) for _ in range(len(lr))]
+        return [_Face(self._image, self._landmarks, self._confidence) for _ in range(len(lr))]
+
+
+def _settings(url: str, prefix: str, max_batch_size: int, max_wait_ms: float) -> ServiceSettings:
+    """The service settings of the benchmark (the one place the queue's and worker's knobs come from)."""
+    return ServiceSettings(
+        redis_url=url,
+        queue_prefix=prefix,
+        max_queue=10_000,
+        max_batch_size=max_batch_size,
+        max_wait_ms=max_wait_ms,
+    )
 
 
 def _serve_noop(url: str, prefix: str, max_batch_size: int, max_wait_ms: float) -> None:
     """Child process: a Redis worker with the no-op engine, until SIGTERM."""
     from facesr.service.queue.redis_source import RedisJobSource
-    from facesr.service.worker import Worker
+    from facesr.service.worker.loop import Worker
 
-    source = RedisJobSource(url, prefix=prefix, max_batch_size=max_batch_size)
-    Worker({MODEL: NoOpEngine()}, source, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms).run()
+    settings = _settings(url, prefix, max_batch_size, max_wait_ms)
+    source = RedisJobSource(settings.queue_settings())
+    Worker({MODEL: NoOpEngine()}, source, settings.worker_settings()).run()
 
 
 def _free_port() -> int:
@@ -102,7 +120,7 @@ def _start_redis(workdir: str) -> tuple[subprocess.Popen[bytes], str]:
 
 async def _closed_loop(queue: QueueBackend, concurrency: int, total: int) -> tuple[list[float], list[float]]:
     """``concurrency`` clients each submit-and-wait until ``total`` requests are done."""
-    lr = np.zeros((16, 16, 3), np.uint8).tobytes()
+    lr = np.zeros((16, 16, 3), np.uint8)
     latencies: list[float] = []
     batch_sizes: list[float] = []
     remaining = total
@@ -177,15 +195,14 @@ def main() -> None:
         worker.start()
         try:
             print(f"no-op engine; max batch {args.max_batch_size}, max wait {args.max_wait_ms} ms")
-            asyncio.run(
-                _bench(RedisQueue(url, prefix=prefix, max_queue=10_000), "redis", levels, args.requests)
-            )
+            settings = _settings(url, prefix, args.max_batch_size, args.max_wait_ms)
+            asyncio.run(_bench(RedisQueue(settings.queue_settings()), "redis", levels, args.requests))
             if not args.skip_inprocess:
+                from facesr.service.worker.loop import Worker
+
                 inprocess = InProcessQueue(
-                    {MODEL: NoOpEngine()},
-                    max_queue=10_000,
-                    max_batch_size=args.max_batch_size,
-                    max_wait_ms=args.max_wait_ms,
+                    settings.max_queue,
+                    lambda source: Worker({MODEL: NoOpEngine()}, source, settings.worker_settings()),
                 )
                 asyncio.run(_bench(inprocess, "in-process", levels, args.requests))
         finally:

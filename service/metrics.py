@@ -195,7 +195,7 @@ def render_latest(scope: Scope = "all") -> tuple[bytes, str]:
     if path is not None:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry, path=path)
-    return generate_latest(_Without(registry, _LEFT_OUT[scope])), CONTENT_TYPE_LATEST  # type: ignore[arg-type]
+    return generate_latest(_Without(registry, _LEFT_OUT[scope])), CONTENT_TYPE_LATEST
 
 
 def mark_process_dead(pid: int) -> None:

@@ -36,10 +36,11 @@ class StatusCache:
             assert self._status is not None
             return self._status
         async with self._lock:
-            if fresh or not self._is_young():
-                self._status = await self._safe_status()
+            status = self._status
+            if fresh or status is None or not self._is_young():
+                status = self._status = await self._safe_status()
                 self._taken_at = time.monotonic()
-            return self._status
+            return status
 
     async def _safe_status(self) -> BackendStatus:
         try:

@@ -119,7 +119,7 @@ class RedisQueue:
         if self._dispatcher is not None:
             return
         self._closing = False
-        common = {
+        common: dict[str, Any] = {
             "socket_connect_timeout": self.connect_timeout_s,
             "socket_keepalive": True,
             "health_check_interval": 10,
@@ -325,8 +325,13 @@ class RedisQueue:
                 )
                 await asyncio.sleep(delay)
 
-    def _deliver(self, frame: bytes) -> None:
+    def _deliver(self, frame: object) -> None:
         assert self._pending is not None
+        if not isinstance(
+            frame, bytes
+        ):  # replies are binary frames; anything else was not pushed by a worker
+            log.error("dropping a reply that is not a binary frame (%s)", type(frame).__name__)
+            return
         try:
             result = decode_result(frame)
         except CodecError as exc:

@@ -69,8 +69,9 @@ return handed
 """
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+def _text(value: object) -> str:
+    """A Redis reply value as text (replies are bytes; a client with decode_responses gives str)."""
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _ids_by_stream(handles: Iterable[Handle]) -> dict[str, list[str]]:
@@ -223,7 +224,7 @@ class RedisJobSource:
             time.sleep(min(timeout_s, TOP_UP_POLL_S))
         return deliveries
 
-    def _read(self, streams: dict[str, str], count: int | None, timeout_s: float | None) -> list[Delivery]:
+    def _read(self, streams: dict[Any, Any], count: int | None, timeout_s: float | None) -> list[Delivery]:
         """XREADGROUP; ``timeout_s`` None = do not block. Block is never 0 ms (which means forever)."""
         block = None if timeout_s is None else max(1, int(timeout_s * 1000))
         try:
@@ -236,7 +237,7 @@ class RedisJobSource:
             return []
         if not response:
             return []
-        pairs = response.items() if isinstance(response, dict) else response
+        pairs: Any = response.items() if isinstance(response, dict) else response
         deliveries = []
         empty: list[Handle] = []
         for stream_key, entries in pairs:
@@ -255,8 +256,8 @@ class RedisJobSource:
         try:
             job, reply_to = decode_job(fields)
         except CodecError as exc:
-            rid, reply_to = peek_routing(fields)
-            return Delivery((stream, entry_id), rid, None, reply_to, attempt, error=str(exc))
+            rid, routed_to = peek_routing(fields)
+            return Delivery((stream, entry_id), rid, None, routed_to, attempt, error=str(exc))
         return Delivery((stream, entry_id), job.request_id, job, reply_to, attempt)
 
     def _adopt(self, deliveries: Sequence[Delivery]) -> None:
@@ -271,7 +272,8 @@ class RedisJobSource:
             if not self._backlog:
                 return []
             stream = self._backlog[0].handle[0]
-            taken, kept = [], deque()
+            taken: list[Delivery] = []
+            kept: deque[Delivery] = deque()
             for delivery in self._backlog:
                 if delivery.handle[0] == stream and len(taken) < max_items:
                     taken.append(delivery)
@@ -349,7 +351,8 @@ class RedisJobSource:
         if not claimed:
             return
         attempts = self._delivery_counts(stream, [eid for eid, _ in claimed])
-        exhausted, retried = [], []
+        exhausted: list[tuple[Delivery, dict[Any, Any]]] = []
+        retried: list[tuple[Delivery, dict[Any, Any]]] = []
         for entry_id, fields in claimed:
             delivery = self._delivery(stream, entry_id, fields, attempt=attempts.get(entry_id, 2))
             (exhausted if delivery.attempt > self.max_deliveries else retried).append((delivery, fields))
@@ -357,7 +360,7 @@ class RedisJobSource:
             self._dead_letter(exhausted)
         if retried:
             # Attempt 1 after a claim: handed back unstarted by a worker that left (not a redelivery).
-            redelivered = sum(1 for d, _ in retried if d.attempt > 1)
+            redelivered = len([delivery for delivery, _ in retried if delivery.attempt > 1])
             if redelivered:
                 self.events.redelivered(redelivered)
                 log.warning("took over %d job(s) from unresponsive workers on %s", redelivered, stream)
@@ -397,7 +400,7 @@ class RedisJobSource:
             )
             if not rows:
                 continue
-            ids = [_text(row["message_id"]) for row in rows]
+            ids: list[Any] = [_text(row["message_id"]) for row in rows]
             claimed += self.client.xclaim(stream, GROUP, self.consumer, ORPHAN_MIN_IDLE_MS, ids)
             log.warning("worker %s has no heartbeat; taking over its %d pending job(s)", owner, len(ids))
         return claimed
@@ -472,6 +475,6 @@ class RedisJobSource:
             return
         with self._errors():
             pipe = self.client.pipeline(transaction=False)
-            for stream, ids in by_stream.items():
-                pipe.xclaim(stream, GROUP, self.consumer, 0, ids, justid=True)
+            for stream, stream_ids in by_stream.items():
+                pipe.xclaim(stream, GROUP, self.consumer, 0, list[Any](stream_ids), justid=True)
             pipe.execute()

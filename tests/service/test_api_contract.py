@@ -112,33 +112,91 @@ def test_steps_return_every_feedback_step(service: RunningService, png_face: byt
     np.testing.assert_array_equal(steps[-1], final)
 
 
+def served_pixels(service: RunningService, data: bytes, **kwargs) -> np.ndarray:
+    """The PNG image response for `data`, as a signed integer array (so differences do not wrap)."""
+    response = post_image(service, data, params={"format": "png"}, **kwargs)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "image/png"
+    return np.asarray(decode(response.content).convert("RGB")).astype(int)
+
+
+def assert_same_face(served: np.ndarray, expected: np.ndarray) -> None:
+    """Equal up to the rounding that batches of different sizes may cause (see the test above)."""
+    assert served.shape == expected.shape == (128, 128, 3)
+    difference = np.abs(served - expected)
+    assert difference.max() <= 1, f"largest difference {difference.max()}"
+    assert (difference > 0).mean() < 0.01
+
+
 def test_non_16x16_input_is_resized_and_the_response_says_so(service: RunningService):
     large = encode(face_array(64, 48), "JPEG", quality=90)
+    # What the model must see: the decoded upload shrunk to 16x16 with PIL bicubic, as in training.
+    shrunk = np.asarray(decode(large).convert("RGB").resize((16, 16), Image.Resampling.BICUBIC))
 
     image_response = post_image(service, large, name="face.jpg", mime="image/jpeg")
     json_response = post_image(service, large, name="face.jpg", mime="image/jpeg", headers=JSON)
+    small_response = post_image(service, encode(shrunk))
 
     assert image_response.status_code == 200, image_response.text
     assert image_response.headers["x-resized-from"] == "64x48"
     assert json_response.status_code == 200, json_response.text
-    assert json_response.json()["resized_from"] == [64, 48]
-    assert json_response.json()["input"]["format"] == "JPEG"
+    body = json_response.json()
+    assert body["resized_from"] == [64, 48]
+    assert body["input"] == {"format": "JPEG", "width": 64, "height": 48}
+    assert small_response.status_code == 200, small_response.text
+    assert "x-resized-from" not in small_response.headers, "a 16x16 upload is not resized"
+    served = np.asarray(decode(image_response.content).convert("RGB")).astype(int)
+    assert_same_face(served, np.asarray(decode(small_response.content).convert("RGB")).astype(int))
 
 
 @pytest.mark.parametrize(("pil_format", "mime"), [("WEBP", "image/webp"), ("BMP", "image/bmp")])
 def test_webp_and_bmp_uploads_are_accepted(service: RunningService, pil_format: str, mime: str):
     upload = encode(face_array(16, 16), pil_format)
-    response = post_image(service, upload, name="face.bin", mime=mime)
+    response = post_image(service, upload, name="face.bin", mime=mime, headers=JSON)
 
     assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["input"] == {"format": pil_format, "width": 16, "height": 16}
+    assert decode(base64.b64decode(body["image"])).size == (128, 128)
 
 
-def test_transparent_upload_is_composited_on_black(service: RunningService):
-    rgba = np.zeros((16, 16, 4), np.uint8)
-    rgba[..., :3] = face_array(16, 16)
-    response = post_image(service, encode(rgba), headers=JSON)
+def transparent_upload(kind: str) -> tuple[bytes, np.ndarray, np.ndarray]:
+    """A 16x16 PNG whose transparent pixels hide bright colours (alpha only 0 or 255, so compositing
+    is exact), with what it looks like composited on black and with its alpha ignored."""
+    colours = face_array(16, 16, seed=7)
+    opaque = np.zeros((16, 16), bool)
+    opaque[3:13, 4:12] = True  # an opaque face inside a transparent frame
+    buffer = io.BytesIO()
+    if kind == "rgba":
+        alpha = np.where(opaque, 255, 0).astype(np.uint8)
+        Image.fromarray(np.dstack([colours, alpha])).save(buffer, format="PNG")
+        hidden = colours
+    else:  # a palette image whose last entry (magenta) is the transparent one
+        quantized = Image.fromarray(colours).quantize(colors=255)
+        indices = np.where(opaque, np.asarray(quantized), 255).astype(np.uint8)
+        palette = Image.frombytes("P", (16, 16), indices.tobytes())
+        palette.putpalette([*quantized.getpalette()[: 255 * 3], 255, 0, 255])
+        hidden = np.asarray(palette.convert("RGB"))
+        palette.save(buffer, format="PNG", transparency=255)
+    on_black = np.where(opaque[..., None], hidden, 0).astype(np.uint8)
+    assert hidden[~opaque].max() > 100, "the transparent pixels must not already be black"
+    return buffer.getvalue(), on_black, hidden
 
-    assert response.status_code == 200, response.text
+
+@pytest.mark.parametrize("kind", ["rgba", "palette"])
+def test_transparent_upload_is_composited_on_black(service: RunningService, kind: str):
+    """The face served for a transparent upload is the one served for the same picture flattened onto
+    black, not the one for the colours its transparent pixels hide."""
+    upload, on_black, hidden = transparent_upload(kind)
+    assert decode(upload).mode in ("RGBA", "P")
+
+    served = served_pixels(service, upload)
+    flattened = served_pixels(service, encode(on_black))
+    alpha_ignored = served_pixels(service, encode(hidden))
+
+    assert_same_face(served, flattened)
+    # The check above can only tell the two apart if the hidden colours change the face.
+    assert np.abs(served - alpha_ignored).mean() > 1.0
 
 
 def test_server_timing_and_request_id_headers(service: RunningService, png_face: bytes):
@@ -184,8 +242,12 @@ def test_batch_refuses_more_images_than_allowed(service: RunningService, png_fac
     files = [("images", (f"{i}.png", png_face, "image/png")) for i in range(limit + 1)]
     response = service.client.post("/v1/super-resolve/batch", files=files)
 
-    assert response.status_code == 413
+    assert response.status_code == 413, response.text
     assert response.headers["content-type"] == "application/problem+json"
+    body = response.json()
+    assert body["type"] == "urn:facesr:problem:payload-too-large"
+    assert f"{limit + 1} images" in body["detail"]
+    assert str(limit) in body["detail"]
 
 
 def test_models_lists_the_card(service: RunningService):
@@ -262,9 +324,14 @@ def test_image_response_decodes_to_rgb_with_content(service: RunningService):
     """A colourful input must not come back as a blank image (a decoding/encoding slip would)."""
     response = post_image(service, encode(face_array(16, 16, seed=5)))
 
-    assert response.status_code == 200
-    pixels = np.asarray(Image.open(io.BytesIO(response.content)))
+    assert response.status_code == 200, response.text
+    image = Image.open(io.BytesIO(response.content))
+    assert (image.format, image.mode, image.size) == ("PNG", "RGB", (128, 128))
+    pixels = np.asarray(image)
+    assert pixels.shape == (128, 128, 3)
     assert pixels.std() > 1.0
+    # colour, not three equal channels
+    assert np.abs(pixels[..., 0].astype(int) - pixels[..., 2]).mean() > 1.0
 
 
 @pytest.mark.parametrize(("nrmse", "status"), [(0.05, "passed"), (0.94, "failed")])

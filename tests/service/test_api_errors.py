@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import io
+import time
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import numpy as np
 import pytest
+from PIL import Image
 
 from facesr.model.inference import FaceSR
 from tests.service.conftest import (
@@ -73,7 +77,7 @@ def test_truncated_jpeg_is_400(service: RunningService):
 def test_png_with_broken_checksum_is_400(service: RunningService):
     data = bytearray(noisy_png())
     data[40] ^= 0xFF  # inside the first IDAT chunk: its CRC no longer matches
-    assert_problem(post_image(service, bytes(data)), 400)
+    assert_problem(post_image(service, bytes(data)), 400, "undecodable-image")
 
 
 # -- unsupported types (415) ------------------------------------------------------------------------------
@@ -96,9 +100,15 @@ def test_body_that_is_not_multipart_is_415(service: RunningService, png_face: by
     assert_problem(response, 415, "unsupported-media-type")
 
 
-def test_octet_stream_part_is_sniffed_and_accepted(service: RunningService, png_face: bytes):
-    response = post_image(service, png_face, name="face", mime="application/octet-stream")
+@pytest.mark.parametrize("pil_format", ["PNG", "JPEG"])
+def test_octet_stream_part_is_sniffed_and_accepted(service: RunningService, pil_format: str):
+    """A part declared only as binary, with no file extension: the format comes from the bytes."""
+    data = encode(face_array(16, 16), pil_format)
+    response = post_image(
+        service, data, name="face", mime="application/octet-stream", headers={"Accept": "application/json"}
+    )
     assert response.status_code == 200, response.text
+    assert response.json()["input"] == {"format": pil_format, "width": 16, "height": 16}
 
 
 # -- too large (413) --------------------------------------------------------------------------------------
@@ -114,15 +124,16 @@ def test_moderately_oversized_header_names_the_dimensions(service: RunningServic
     assert "2000x1000" in body["detail"]
 
 
-def test_real_decompression_bomb_is_413_before_decoding(service: RunningService):
-    import io
-
-    from PIL import Image
-
+@pytest.mark.parametrize("kept", [1.0, 0.5])
+def test_real_decompression_bomb_is_413_before_decoding(service: RunningService, kept: float):
+    """A whole bomb, and one with its pixel data cut short: decoding the latter would fail (400), so
+    its 413 shows the size was judged from the header before any pixel was decoded."""
     buffer = io.BytesIO()
     Image.new("L", (5000, 5000)).save(buffer, format="PNG")  # 25 Mpx of zeros in ~25 kB
-    assert len(buffer.getvalue()) < service.settings.max_upload_bytes
-    assert_problem(post_image(service, buffer.getvalue()), 413, "image-too-large")
+    data = buffer.getvalue()
+    assert len(data) < service.settings.max_upload_bytes
+    body = assert_problem(post_image(service, data[: int(len(data) * kept)]), 413, "image-too-large")
+    assert "5000x5000" in body["detail"]
 
 
 def test_file_over_the_upload_limit_is_413(service: RunningService):
@@ -149,7 +160,8 @@ def test_body_far_over_the_limit_is_cut_off_with_413(service: RunningService):
     ],
 )
 def test_bad_options_are_422(service: RunningService, png_face: bytes, params: dict):
-    assert_problem(post_image(service, png_face, params=params, headers={"Accept": "application/json"}), 422)
+    response = post_image(service, png_face, params=params, headers={"Accept": "application/json"})
+    assert_problem(response, 422, "invalid-options")
 
 
 def test_unknown_model_is_422_and_lists_the_served_ones(service: RunningService, png_face: bytes):
@@ -162,9 +174,64 @@ def test_bad_deadline_header_is_422(service: RunningService, png_face: bytes, va
     assert_problem(post_image(service, png_face, headers={"X-Deadline-Ms": value}), 422, "invalid-options")
 
 
-def test_deadline_over_the_cap_is_capped_not_refused(service: RunningService, png_face: bytes):
-    response = post_image(service, png_face, headers={"X-Deadline-Ms": str(10**9)})
+class DeadlineRecorder:
+    """Stands in for the app's queue backend: notes each submitted job's deadline, delegates the rest."""
+
+    def __init__(self, backend: Any) -> None:
+        self.backend = backend
+        self.deadlines: list[float] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.backend, name)
+
+    async def submit(self, job: Any) -> Any:
+        self.deadlines.append(job.deadline)
+        return await self.backend.submit(job)
+
+
+@pytest.fixture
+def submitted_deadlines(service: RunningService) -> Iterator[list[float]]:
+    """The absolute deadlines (time.time() seconds) of the jobs the API submits during the test."""
+    state = service.server.server.config.app.state.service
+    recorder = DeadlineRecorder(state.backend)
+    state.backend = recorder
+    try:
+        yield recorder.deadlines
+    finally:
+        state.backend = recorder.backend
+
+
+def post_with_deadline(service: RunningService, png_face: bytes, budget_ms: int) -> tuple[float, float]:
+    """Post with `X-Deadline-Ms: budget_ms`; the wall-clock interval around the request."""
+    before = time.time()
+    response = post_image(service, png_face, headers={"X-Deadline-Ms": str(budget_ms)})
+    after = time.time()
     assert response.status_code == 200, response.text
+    return before, after
+
+
+def test_deadline_header_sets_the_jobs_deadline(
+    service: RunningService, png_face: bytes, submitted_deadlines: list[float]
+):
+    budget_ms = service.settings.max_deadline_ms // 2
+    assert budget_ms != service.settings.default_deadline_ms
+    before, after = post_with_deadline(service, png_face, budget_ms)
+
+    [deadline] = submitted_deadlines
+    assert before + budget_ms / 1000 <= deadline <= after + budget_ms / 1000
+
+
+def test_deadline_over_the_cap_is_capped_not_refused(
+    service: RunningService, png_face: bytes, submitted_deadlines: list[float]
+):
+    cap_s = service.settings.max_deadline_ms / 1000
+    asked_ms = 10**9
+    assert asked_ms > service.settings.max_deadline_ms
+    before, after = post_with_deadline(service, png_face, asked_ms)
+
+    # Served (not refused), and the job waited for at most the cap, counted from the request's arrival.
+    [deadline] = submitted_deadlines
+    assert before + cap_s <= deadline <= after + cap_s
 
 
 def test_missing_image_part_is_422(service: RunningService):
