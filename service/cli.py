@@ -34,7 +34,7 @@ def build_app() -> typer.Typer:
     app = typer.Typer(
         name="facesr",
         help="Face super-resolution (DIC/DICGAN): small faces to 8x larger ones with 68 landmarks.",
-        epilog=None if has_training else TRAINING_HINT,
+        epilog=None if has_training else TRAINING_HINT.replace("[", "\\["),  # rich markup would eat [train]
         no_args_is_help=True,
         pretty_exceptions_enable=False,
     )

@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from facesr.model.landmark_quality import LandmarkStatus
+
 
 class InputInfo(BaseModel):
     """What the upload was, as read from its header."""
@@ -25,7 +27,7 @@ class LandmarkPoint(BaseModel):
     )
 
 
-LANDMARK_STATUS_MESSAGES = {
+LANDMARK_STATUS_MESSAGES: dict[LandmarkStatus, str] = {
     "passed": "the model's landmarks passed evaluation on its test set (see GET /v1/models)",
     "failed": "landmarks withheld: this model's landmarks failed evaluation on its test set "
     "(see GET /v1/models)",
@@ -37,7 +39,7 @@ LANDMARK_STATUS_MESSAGES = {
 class LandmarkQualityInfo(BaseModel):
     """Whether the serving model's landmarks can be trusted (from its model card)."""
 
-    status: Literal["passed", "failed", "unevaluated", "absent"]
+    status: LandmarkStatus
     message: str
 
 

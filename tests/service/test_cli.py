@@ -248,3 +248,19 @@ def test_serve_with_redis_workers_and_a_worker_process(
 
     assert _stop(processes[1]) in GRACEFUL_EXITS, api_log.read_text()
     assert _stop(processes[0]) in GRACEFUL_EXITS, worker_log.read_text()
+
+
+def test_training_commands_are_registered_only_where_training_is_installed(
+    runner: CliRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from facesr.service import cli
+
+    with_training = runner.invoke(cli.build_app(), ["--help"])
+    assert with_training.exit_code == 0 and " train " in with_training.output
+    monkeypatch.setattr(cli.importlib.util, "find_spec", lambda name: None if name == "yaml" else object())
+    serving_only = cli.build_app()
+    names = {command.name for command in serving_only.registered_commands}
+    assert {"serve", "worker", "enhance"} <= names
+    assert not names & {"prepare", "evaluate", "train", "release"}
+    result = runner.invoke(serving_only, ["--help"])
+    assert "pip install 'facesr[train]'" in " ".join(result.output.split())

@@ -17,6 +17,7 @@ from typing import Annotated
 from fastapi import APIRouter, File, Request, Response, UploadFile
 from fastapi.responses import JSONResponse
 
+from facesr.model.landmark_quality import LandmarkStatus
 from facesr.service.api.deps import Options, RequestDeadline, Service
 from facesr.service.api.middleware import count_problem
 from facesr.service.api.negotiation import Representation, negotiate
@@ -81,8 +82,8 @@ def _landmark_points(landmarks: list[list[float]] | None) -> list[LandmarkPoint]
     return [LandmarkPoint(x=float(x), y=float(y), confidence=float(c)) for x, y, c in landmarks]
 
 
-def _landmark_quality(status: str | None) -> LandmarkQualityInfo | None:
-    if status not in LANDMARK_STATUS_MESSAGES:
+def _landmark_quality(status: LandmarkStatus | None) -> LandmarkQualityInfo | None:
+    if status is None:
         return None
     return LandmarkQualityInfo(status=status, message=LANDMARK_STATUS_MESSAGES[status])
 
