@@ -6,6 +6,7 @@ import resource
 import sys
 import time
 from dataclasses import asdict, dataclass
+from typing import Any, TypedDict
 
 import numpy as np
 import torch
@@ -26,9 +27,24 @@ class BenchRow:
     memory_kind: str  # "cuda_max_allocated" or "process_peak_rss"
 
 
+class BenchReport(TypedDict):
+    """What `run_benchmark` measured (JSON-able); `rows` are `BenchRow`s as dicts."""
+
+    model: dict[str, object]
+    config: dict[str, Any]
+    dtype: str
+    device: str
+    torch: str
+    threads: int
+    gflops_per_image: float
+    repeats: int
+    rows: list[dict[str, Any]]
+
+
 def flops_per_image(engine: FaceSR) -> float:
-    """Convolution FLOPs (2 x MAC) of one forward pass on one 16 x 16 face, all steps."""
-    x = torch.zeros(1, 3, 16, 16, device=engine.device)
+    """Convolution FLOPs (2 x MAC) of one forward pass on one LR face (16 x 16), all steps."""
+    config = engine.config
+    x = torch.zeros(1, config.in_channels, config.lr_size, config.lr_size, device=engine.device)
     counter = FlopCounterMode(display=False)
     with counter, torch.inference_mode():
         engine.generator(x)
@@ -52,7 +68,8 @@ def batch_sizes_up_to(limit: int) -> list[int]:
 def bench_batch(engine: FaceSR, batch_size: int, repeats: int, warmup: int = 1, seed: int = 0) -> BenchRow:
     """Time `repeats` forward passes of a random-face batch after `warmup` untimed ones."""
     rng = np.random.default_rng(seed)
-    lr = rng.integers(0, 256, size=(batch_size, 16, 16, 3), dtype=np.uint8)
+    side = engine.config.lr_size
+    lr = rng.integers(0, 256, size=(batch_size, side, side, 3), dtype=np.uint8)
     cuda = engine.device.type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats(engine.device)
@@ -73,23 +90,23 @@ def bench_batch(engine: FaceSR, batch_size: int, repeats: int, warmup: int = 1, 
     return BenchRow(batch_size, per_batch, batch_size / per_batch, int(peak), kind)
 
 
-def run_benchmark(engine: FaceSR, max_batch: int, repeats: int) -> dict[str, object]:
+def run_benchmark(engine: FaceSR, max_batch: int, repeats: int) -> BenchReport:
     """Every batch size 1, 2, 4, ... up to `max_batch`; a JSON-able report."""
     rows = [bench_batch(engine, size, repeats) for size in batch_sizes_up_to(max_batch)]
-    return {
-        "model": engine.describe(),
-        "config": engine.config.to_dict(),
-        "dtype": dtype_name(engine.dtype),
-        "device": str(engine.device),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "gflops_per_image": flops_per_image(engine) / 1e9,
-        "repeats": repeats,
-        "rows": [asdict(row) for row in rows],
-    }
+    return BenchReport(
+        model=engine.describe(),
+        config=engine.config.to_dict(),
+        dtype=dtype_name(engine.dtype),
+        device=str(engine.device),
+        torch=torch.__version__,
+        threads=torch.get_num_threads(),
+        gflops_per_image=flops_per_image(engine) / 1e9,
+        repeats=repeats,
+        rows=[asdict(row) for row in rows],
+    )
 
 
-def format_table(report: dict[str, object]) -> str:
+def format_table(report: BenchReport) -> str:
     """A markdown table of a `run_benchmark` report."""
     lines = [
         f"device {report['device']}, dtype {report['dtype']}, threads {report['threads']}, "
@@ -98,7 +115,7 @@ def format_table(report: dict[str, object]) -> str:
         "| batch | s/batch | images/s | peak memory (MiB) |",
         "|---:|---:|---:|---:|",
     ]
-    for row in report["rows"]:  # type: ignore[union-attr]
+    for row in report["rows"]:
         lines.append(
             f"| {row['batch_size']} | {row['seconds_per_batch']:.3f} | {row['images_per_second']:.2f} | "
             f"{row['peak_memory_bytes'] / 2**20:.0f} ({row['memory_kind']}) |"

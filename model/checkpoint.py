@@ -156,12 +156,44 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
     return LoadedCheckpoint(config=config, state_dict=state, card=card, sha256=file_sha256(path))
 
 
-def load_generator(path: str | Path, device: torch.device | str = "cpu") -> tuple[DICGenerator, ModelCard]:
-    """Build the generator of a checkpoint on `device` in eval mode, with its card."""
+@dataclass(frozen=True)
+class LoadedGenerator:
+    """A checkpoint's generator, built from its card and holding its weights (float32, eval mode)."""
+
+    generator: DICGenerator
+    card: ModelCard
+    sha256: str
+
+    @property
+    def config(self) -> DICConfig:
+        """The generator's configuration (the card's)."""
+        return self.generator.config
+
+
+def load_generator(
+    path: str | Path, device: torch.device | str = "cpu", *, config: DICConfig | None = None
+) -> LoadedGenerator:
+    """The one checkpoint -> generator loader, used by the inference engine and the trainer.
+
+    Reads the file (never unpickles), checks its card and tensors (`load_checkpoint`), builds the
+    `DICGenerator` of the card's configuration and loads the weights strictly.
+
+    Args:
+        path: a facesr `.safetensors` checkpoint.
+        device: where the generator is put (in eval mode).
+        config: when given, the checkpoint's configuration must equal it.
+
+    Raises:
+        CheckpointError: the file is missing, corrupt, not ours, or (with `config`) of another model.
+    """
     loaded = load_checkpoint(path)
+    if config is not None and loaded.config != config:
+        raise CheckpointError(
+            f"{path}: its model {loaded.config.to_dict()} does not fit the required {config.to_dict()}"
+        )
     generator = DICGenerator(loaded.config)
     generator.load_state_dict(loaded.state_dict, strict=True)
-    return generator.to(device).eval(), loaded.card
+    return LoadedGenerator(generator=generator.to(device).eval(), card=loaded.card, sha256=loaded.sha256)
 
 
 def read_card(path: str | Path) -> ModelCard:

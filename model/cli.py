@@ -36,7 +36,7 @@ def enhance(
     device: DeviceOption = "auto",
     dtype: DtypeOption = "fp32",
 ) -> None:
-    """Super-resolve face images (any size; non-16x16 inputs are resized to 16x16 with PIL bicubic)."""
+    """Super-resolve face images of any size (others than 16x16 are made into LR faces as in training)."""
     from facesr.model.files import collect_inputs, read_rgb
     from facesr.model.inference import FaceSR, landmark_points
     from facesr.model.landmark_quality import landmark_quality

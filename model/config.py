@@ -1,12 +1,28 @@
-"""The one typed configuration that sizes the DIC generator.
+"""The one typed configuration that sizes the DIC generator, and the sizes every other module reads.
 
 Field names follow the paper; `from_official_options` maps the authors' option names.
+
+The input size, the scale and the landmark count are defined here once. Code that has a `DICConfig`
+at hand reads `config.lr_size`, `config.hr_size` and `config.num_keypoints`; code that has none (image
+preprocessing, data set readers, landmark utilities) takes a size argument whose default is one of the
+module-level constants below.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Literal
+from typing import Any, Final, Literal
+
+#: Side of the low-resolution face the network takes, in pixels (the authors' 16 x 16).
+LR_SIZE: Final = 16
+#: Upscaling factor; DIC defines x8 only.
+SCALE: Final = 8
+#: Side of the super-resolved face in pixels (LR_SIZE x SCALE = 128).
+HR_SIZE: Final = LR_SIZE * SCALE
+#: Landmarks per face: the iBUG 68-point layout, on which the 5 attention components are defined.
+NUM_KEYPOINTS: Final = 68
+#: Output pixels per landmark-heatmap cell (the hourglass works at HR / 4).
+HEATMAP_STRIDE: Final = 4
 
 LandmarkMode = Literal["attention", "concat", "none"]
 LANDMARK_MODES: tuple[str, ...] = ("attention", "concat", "none")
@@ -33,11 +49,11 @@ class DICConfig:
     num_groups: int = 6
     num_steps: int = 4
     hg_num_features: int = 256
-    num_keypoints: int = 68
+    num_keypoints: int = NUM_KEYPOINTS
     num_fusion_blocks: int = 7
     landmark_mode: LandmarkMode = "attention"
     in_channels: int = 3
-    scale: int = 8
+    scale: int = SCALE
 
     def __post_init__(self) -> None:
         positive = ("num_features", "num_groups", "num_steps", "num_fusion_blocks", "in_channels")
@@ -45,15 +61,18 @@ class DICConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"DICConfig.{name} must be a positive integer, got {value!r}")
-        if self.scale != 8:
-            raise ValueError(f"DICConfig.scale must be 8 (the only factor DIC defines), got {self.scale!r}")
+        if self.scale != SCALE:
+            raise ValueError(
+                f"DICConfig.scale must be {SCALE} (the only factor DIC defines), got {self.scale!r}"
+            )
         if self.landmark_mode not in LANDMARK_MODES:
             raise ValueError(
                 f"DICConfig.landmark_mode must be one of {LANDMARK_MODES}, got {self.landmark_mode!r}"
             )
-        if self.num_keypoints != 68:
+        if self.num_keypoints != NUM_KEYPOINTS:
             raise ValueError(
-                "DICConfig.num_keypoints must be 68: the 5-component grouping is defined on iBUG-68"
+                f"DICConfig.num_keypoints must be {NUM_KEYPOINTS}: the 5-component grouping is defined "
+                f"on iBUG-{NUM_KEYPOINTS}, got {self.num_keypoints!r}"
             )
         if self.hg_num_features < 4 or self.hg_num_features % 4:
             raise ValueError(
@@ -63,8 +82,8 @@ class DICConfig:
     # -- derived sizes -------------------------------------------------------------------------------
     @property
     def lr_size(self) -> int:
-        """Side of the low-resolution input (16)."""
-        return 16
+        """Side of the low-resolution input (`LR_SIZE`, 16)."""
+        return LR_SIZE
 
     @property
     def hr_size(self) -> int:
@@ -73,8 +92,8 @@ class DICConfig:
 
     @property
     def heatmap_size(self) -> int:
-        """Side of the landmark heatmaps (HR / 4 = 32)."""
-        return self.hr_size // 4
+        """Side of the landmark heatmaps (HR / `HEATMAP_STRIDE` = 32)."""
+        return self.hr_size // HEATMAP_STRIDE
 
     @property
     def has_landmarks(self) -> bool:
@@ -128,5 +147,5 @@ class DICConfig:
             num_keypoints=int(options["hg_num_keypoints"]),
             num_fusion_blocks=int(options["num_fusion_block"]),
             in_channels=int(options.get("in_channels", 3)),
-            scale=int(options.get("scale", 8)),
+            scale=int(options.get("scale", SCALE)),
         )

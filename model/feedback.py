@@ -90,6 +90,10 @@ class AttentiveFeedbackBlock(ProjectionCore):
         self, features: torch.Tensor, hidden: torch.Tensor, heatmaps: torch.Tensor | None
     ) -> torch.Tensor:
         x = torch.cat((features, hidden), dim=1)
+        if self.landmark_mode == "none":
+            return self.project(self.compress_in(x))
+        if heatmaps is None:
+            raise ValueError(f"landmark_mode {self.landmark_mode!r} needs the previous step's heatmaps")
         if self.landmark_mode == "concat":
             x = torch.cat((x, merge_heatmaps(heatmaps)), dim=1)
         x = self.compress_in(x)

@@ -50,9 +50,10 @@ class DICGenerator(nn.Module):
         )
 
     def forward(self, lr: torch.Tensor) -> DICOutput:
-        if lr.ndim != 4 or lr.shape[1] != self.config.in_channels or lr.shape[-2:] != (16, 16):
+        side = self.config.lr_size
+        if lr.ndim != 4 or lr.shape[1] != self.config.in_channels or tuple(lr.shape[-2:]) != (side, side):
             raise ValueError(
-                f"DICGenerator expects B x {self.config.in_channels} x 16 x 16, got {tuple(lr.shape)}"
+                f"DICGenerator expects B x {self.config.in_channels} x {side} x {side}, got {tuple(lr.shape)}"
             )
         upsampled = F.interpolate(lr, scale_factor=self.config.scale, mode="bilinear", align_corners=False)
         features = F.pixel_shuffle(self.conv_in(lr), 2)  # B x N x 32 x 32

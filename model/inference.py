@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from facesr.model.checkpoint import ModelCard, load_checkpoint
+from facesr.model.checkpoint import ModelCard, load_generator
 from facesr.model.checkpoints import DEFAULT_CHECKPOINT
 from facesr.model.config import DICConfig
 from facesr.model.device import dtype_name, resolve_device, resolve_dtype
@@ -20,7 +20,7 @@ from facesr.model.errors import CheckpointError, InputImageError
 from facesr.model.generator import DICGenerator, count_parameters
 from facesr.model.landmarks import decode_heatmaps, landmark_confidence
 from facesr.model.normalization import images_to_tensor, tensor_to_images
-from facesr.model.preprocess import LR_SIZE, to_lr_face
+from facesr.model.preprocess import to_lr_face
 
 log = logging.getLogger(__name__)
 
@@ -93,10 +93,8 @@ class FaceSR:
             raise CheckpointError(
                 f"the bundled default checkpoint is missing ({path}); pass a checkpoint path"
             )
-        loaded = load_checkpoint(path)
-        generator = DICGenerator(loaded.config)
-        generator.load_state_dict(loaded.state_dict, strict=True)
-        return cls(generator, loaded.card, device=device, dtype=dtype, weights_sha256=loaded.sha256)
+        loaded = load_generator(path)
+        return cls(loaded.generator, loaded.card, device=device, dtype=dtype, weights_sha256=loaded.sha256)
 
     @classmethod
     def from_config(
@@ -125,10 +123,14 @@ class FaceSR:
     def enhance(
         self, images: Sequence[np.ndarray | Image.Image], *, return_steps: bool = False
     ) -> list[FaceResult]:
-        """Super-resolve faces of any size (non-16x16 inputs are resized with PIL bicubic first)."""
+        """Super-resolve faces of any size.
+
+        Inputs that are not at the model's input size (16 x 16) are made into LR faces first, exactly as
+        the training LR images (`facesr.model.preprocess.to_lr_face`: PIL bicubic, antialiased).
+        """
         if len(images) == 0:
             return []
-        prepared = [to_lr_face(image) for image in images]
+        prepared = [to_lr_face(image, size=self.config.lr_size) for image in images]
         batch = np.stack([lr for lr, _ in prepared])
         results = self.enhance_tensor(batch, return_steps=return_steps)
         return [
@@ -140,11 +142,12 @@ class FaceSR:
         """Super-resolve a batch already at the model's input size.
 
         Args:
-            lr: N x 16 x 16 x 3 uint8 RGB.
+            lr: N x s x s x 3 uint8 RGB, s = `config.lr_size` (16).
         """
         lr = np.asarray(lr)
-        if lr.dtype != np.uint8 or lr.ndim != 4 or lr.shape[1:] != (LR_SIZE, LR_SIZE, 3):
-            raise InputImageError(f"expected N x {LR_SIZE} x {LR_SIZE} x 3 uint8, got {lr.shape} {lr.dtype}")
+        side = self.config.lr_size
+        if lr.dtype != np.uint8 or lr.ndim != 4 or lr.shape[1:] != (side, side, 3):
+            raise InputImageError(f"expected N x {side} x {side} x 3 uint8, got {lr.shape} {lr.dtype}")
         if lr.shape[0] == 0:
             return []
         sr_steps, heatmaps = self._forward(images_to_tensor(lr, self.device))

@@ -2,19 +2,21 @@
 
 Coordinates are 0-based pixel positions (x, y) in the 128 x 128 output image unless stated otherwise.
 Heatmaps live on a 32 x 32 grid (stride 4) with no half-pixel offset: heatmap cell (i, j) is
-output pixel (4 j, 4 i), as the authors' ground-truth generation.
+output pixel (4 j, 4 i), as the authors' ground-truth generation. The point count, the output size
+and the stride are `facesr.model.config`'s NUM_KEYPOINTS, HR_SIZE and HEATMAP_STRIDE.
 """
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import Final, TypeVar
 
 import numpy as np
 import torch
 
-NUM_LANDMARKS = 68
-HEATMAP_STRIDE = 4
-HEATMAP_SIZE = 32
+from facesr.model.config import HEATMAP_STRIDE, HR_SIZE, NUM_KEYPOINTS
+
+#: Side of the heatmap grid of an HR_SIZE face (128 / 4 = 32).
+HEATMAP_SIZE: Final = HR_SIZE // HEATMAP_STRIDE
 HEATMAP_SIGMA = 1.0
 MAX_FLOOR = 0.05
 
@@ -37,7 +39,7 @@ def _mirror_pairs() -> np.ndarray:
     pairs += [(36, 45), (37, 44), (38, 43), (39, 42), (40, 47), (41, 46)]  # eyes: swap the two eyes
     pairs += [(48, 54), (49, 53), (50, 52), (55, 59), (56, 58)]  # outer lips
     pairs += [(60, 64), (61, 63), (65, 67)]  # inner lips
-    permutation = np.arange(NUM_LANDMARKS)
+    permutation = np.arange(NUM_KEYPOINTS)
     for a, b in pairs:
         permutation[a], permutation[b] = b, a
     return permutation
@@ -52,7 +54,7 @@ HFLIP_PERMUTATION.setflags(write=False)
 ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
 
 
-def flip_landmarks(landmarks: ArrayT, width: int = 128) -> ArrayT:
+def flip_landmarks(landmarks: ArrayT, width: int = HR_SIZE) -> ArrayT:
     """Landmarks of the horizontally mirrored image: x -> width - 1 - x, then the left/right swap.
 
     Args:

@@ -1,13 +1,27 @@
-"""Turning any face image into the model's 16 x 16 input, the way the model was trained."""
+"""Turning face images into the model's input, the way the model was trained (numpy and PIL only).
+
+The two image conventions every other module uses:
+
+* `make_lr`: an HR face -> the LR face. PIL bicubic, which antialiases when it shrinks; the
+  training samples, the evaluation protocol, the validation baseline and the serving path
+  (`to_lr_face`) all make their LR faces with it, so training and serving see the same pixels.
+* `bicubic_baseline`: an LR face -> PIL bicubic upscaling back to the HR size (the baseline that every
+  score is compared with).
+
+Images are uint8 RGB, H x W x 3 (one face) or N x H x W x 3 (a batch), at the edges of the model.
+Sizes default to `facesr.model.config` LR_SIZE (16) and HR_SIZE (128).
+"""
 
 from __future__ import annotations
 
 import numpy as np
 from PIL import Image
 
+from facesr.model.config import HR_SIZE, LR_SIZE
 from facesr.model.errors import InputImageError
 
-LR_SIZE = 16
+#: The resampling filter of the training degradation and of the baseline.
+BICUBIC = Image.Resampling.BICUBIC
 
 
 def as_rgb_image(image: Image.Image | np.ndarray) -> Image.Image:
@@ -35,19 +49,79 @@ def as_rgb_image(image: Image.Image | np.ndarray) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(array), mode="RGB")
 
 
-def to_lr_face(image: Image.Image | np.ndarray) -> tuple[np.ndarray, tuple[int, int] | None]:
-    """Any face image -> the 16 x 16 RGB uint8 model input.
+def _resize_faces(images: np.ndarray | Image.Image, size: int, resample: Image.Resampling) -> np.ndarray:
+    """One face (PIL image or H x W x 3 uint8) or a batch (N x H x W x 3 uint8) -> size x size faces."""
+    if size < 1:
+        raise ValueError(f"target size must be at least 1 pixel, got {size}")
+    if isinstance(images, Image.Image):
+        rgb = as_rgb_image(images)
+        return np.array(rgb.resize((size, size), resample=resample), dtype=np.uint8)
+    array = np.asarray(images)
+    if array.dtype != np.uint8 or array.ndim not in (3, 4) or array.shape[-1] != 3:
+        raise InputImageError(
+            f"faces must be H x W x 3 or N x H x W x 3 uint8 RGB, got shape {array.shape} {array.dtype}"
+        )
+    if array.ndim == 3:
+        return _resize_faces(as_rgb_image(array), size, resample)
+    faces = np.empty((array.shape[0], size, size, 3), dtype=np.uint8)
+    for index, face in enumerate(array):
+        faces[index] = _resize_faces(as_rgb_image(face), size, resample)
+    return faces
 
-    Images that are not 16 x 16 are resized with PIL bicubic (PIL antialiases when shrinking), which
-    is how the training LR images are made from the 128 x 128 HR crops. Alpha is composited on black.
+
+def make_lr(
+    hr: np.ndarray | Image.Image,
+    size: int = LR_SIZE,
+    *,
+    resample: Image.Resampling = BICUBIC,
+) -> np.ndarray:
+    """The training degradation: an HR face resized to the LR size with PIL bicubic (antialiased).
+
+    Args:
+        hr: one face (H x W x 3 uint8 RGB array, or a PIL image of any mode, composited on black if it
+            has alpha) or a batch (N x H x W x 3 uint8 RGB); 128 x 128 in training and evaluation.
+        size: side of the LR face (default `LR_SIZE`, 16).
+        resample: the PIL filter; anything but bicubic is a deliberately shifted input distribution
+            (robustness evaluation only).
 
     Returns:
-        (16 x 16 x 3 uint8 array, the original (width, height) if it was resized, else None).
+        size x size x 3 uint8 RGB, or N x size x size x 3 for a batch.
+    """
+    return _resize_faces(hr, size, resample)
+
+
+def bicubic_baseline(lr: np.ndarray | Image.Image, size: int = HR_SIZE) -> np.ndarray:
+    """The bicubic baseline: an LR face upscaled to the HR size with PIL bicubic.
+
+    Args:
+        lr: one face (H x W x 3 uint8 RGB or a PIL image) or a batch (N x H x W x 3 uint8 RGB).
+        size: side of the output (default `HR_SIZE`, 128).
+
+    Returns:
+        size x size x 3 uint8 RGB, or N x size x size x 3 for a batch.
+    """
+    return _resize_faces(lr, size, BICUBIC)
+
+
+def to_lr_face(
+    image: Image.Image | np.ndarray, *, size: int = LR_SIZE
+) -> tuple[np.ndarray, tuple[int, int] | None]:
+    """Any face image -> the model input, made exactly as the training LR images (`make_lr`).
+
+    Images that are not size x size are resized with `make_lr` (PIL bicubic, antialiased when
+    shrinking), which is how the training LR faces are made from the 128 x 128 HR crops. Alpha is
+    composited on black.
+
+    Args:
+        image: a PIL image or a uint8 array (H x W gray, H x W x 3 RGB or H x W x 4 RGBA).
+        size: side of the model input (default `LR_SIZE`, 16).
+
+    Returns:
+        (size x size x 3 uint8 RGB array, the original (width, height) if it was resized, else None).
     """
     rgb = as_rgb_image(image)
     if rgb.width < 1 or rgb.height < 1:
         raise InputImageError(f"image has no pixels: {rgb.width}x{rgb.height}")
-    if rgb.size == (LR_SIZE, LR_SIZE):
-        return np.asarray(rgb, dtype=np.uint8).copy(), None
-    resized = rgb.resize((LR_SIZE, LR_SIZE), resample=Image.Resampling.BICUBIC)
-    return np.asarray(resized, dtype=np.uint8).copy(), rgb.size
+    if rgb.size == (size, size):
+        return np.array(rgb, dtype=np.uint8), None
+    return make_lr(rgb, size), rgb.size

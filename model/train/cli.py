@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from facesr.model.config import HR_SIZE
+
 
 def _fail(message: str) -> typer.Exit:
     typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
@@ -29,7 +31,7 @@ def prepare_command(
         Path | None, typer.Option(help="image names for a .npy annotation file (default: list.txt beside it)")
     ] = None,
     scale: Annotated[float, typer.Option(min=0.1, help="crop side / landmark extent")] = 1.25,
-    size: Annotated[int, typer.Option(min=8, help="output crop side in pixels")] = 128,
+    size: Annotated[int, typer.Option(min=8, help="output crop side in pixels")] = HR_SIZE,
     shift_y: Annotated[
         float, typer.Option(help="move the crop centre down by this fraction of the extent")
     ] = 0.0,
@@ -72,22 +74,23 @@ def evaluate_command(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N")] = "auto",
     lr_kernel: Annotated[
         str,
-        typer.Option(help="PIL filter making the 16x16 inputs: bicubic (the paper), bilinear, box, lanczos"),
+        typer.Option(help="PIL filter making the LR inputs: bicubic (the paper), bilinear, box, lanczos"),
     ] = "bicubic",
     lr_jpeg_quality: Annotated[
-        int | None, typer.Option(min=1, max=95, help="also JPEG-compress each 16x16 input at this quality")
+        int | None, typer.Option(min=1, max=95, help="also JPEG-compress each LR input at this quality")
     ] = None,
 ) -> None:
     """Score a checkpoint on a test set: PSNR/SSIM (Y) per step vs bicubic, landmark NRMSE."""
     from facesr.model.errors import FaceSRError
     from facesr.model.inference import FaceSR
-    from facesr.train.evaluate import Degradation, EvaluationError, evaluate, load_eval_dataset
+    from facesr.train.evaluate import Degradation, EvaluationError, evaluate
+    from facesr.train.face_folder import DatasetError, FaceFolder
     from facesr.train.landmark_detector import LandmarkDetectorError, OnnxLandmarkDetector
     from facesr.train.report import markdown_table, write_report
 
     try:
         degradation = Degradation(kernel=lr_kernel, jpeg_quality=lr_jpeg_quality)
-        dataset = load_eval_dataset(data, limit=limit)
+        dataset = FaceFolder.open(data, limit=limit)
         detector = OnnxLandmarkDetector(landmark_model) if landmark_model is not None else None
         engine = FaceSR.from_checkpoint(checkpoint, device=device, dtype="fp32")
         evaluation = evaluate(
@@ -98,7 +101,7 @@ def evaluate_command(
             grid_images=grid,
             degradation=degradation,
         )
-    except (EvaluationError, LandmarkDetectorError, FaceSRError, ValueError) as error:
+    except (EvaluationError, DatasetError, LandmarkDetectorError, FaceSRError, ValueError) as error:
         raise _fail(str(error)) from error
     evaluation.model["checkpoint"] = str(checkpoint) if checkpoint is not None else "bundled default"
     written = write_report(evaluation, out)
@@ -140,7 +143,7 @@ def train_command(
     """Train the alignment branch, DIC or DICGAN (one process, or one process per GPU under torchrun)."""
     from facesr.model.errors import FaceSRError
     from facesr.train.config import ConfigError, load_config
-    from facesr.train.dataset import DatasetError
+    from facesr.train.face_folder import DatasetError
     from facesr.train.perceptual import PerceptualWeightsError
     from facesr.train.state import TrainingStateError
     from facesr.train.trainer import run_training

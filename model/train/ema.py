@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import copy
+from typing import TypeVar
 
 import torch
 from torch import nn
+
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
 
 class WeightAverage:
@@ -30,7 +33,7 @@ class WeightAverage:
             else:
                 average.copy_(value)
 
-    def averaged_copy(self, model: nn.Module) -> nn.Module:
+    def averaged_copy(self, model: ModuleT) -> ModuleT:
         """A frozen copy of `model` holding the averaged weights (the model itself is unchanged)."""
         averaged = copy.deepcopy(model)
         averaged.load_state_dict(self.shadow)

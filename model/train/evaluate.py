@@ -2,8 +2,9 @@
 
 For every 128 x 128 HR face of the set:
 
-1. LR = HR resized to 16 x 16 with PIL bicubic (antialiased), as the paper builds its inputs;
-2. the baseline is LR resized back to 128 x 128 with PIL bicubic;
+1. LR = HR resized to 16 x 16 with PIL bicubic (antialiased), as the paper builds its inputs and as
+   training and serving make theirs (`facesr.model.preprocess.make_lr`);
+2. the baseline is LR resized back to 128 x 128 with PIL bicubic (`preprocess.bicubic_baseline`);
 3. the model super-resolves LR; every step's output is post-processed to uint8 (the authors' way);
 4. PSNR / SSIM on Y (see `facesr.train.metrics`) for the baseline and every step, plus SSIM with the
    authors' luma wrap (what their evaluation code computes);
@@ -11,8 +12,8 @@ For every 128 x 128 HR face of the set:
    every step (the paper's Tables 3-4), and, when a detector is given, of the external detector run
    on the baseline, on every step and on HR itself (the paper's Table 2 method; HR is its floor).
 
-Scores are means over images. The data set layout is `HR/<name>` (PNG or JPEG, 128 x 128),
-`landmarks68.npy` (N x 68 x 2, (x, y) HR pixels) and `list.txt` (the N names in the same order).
+Scores are means over images. The test set is a face folder (`HR/<name>` PNG or JPEG, 128 x 128,
+`landmarks68.npy` and `list.txt`), read by `facesr.train.face_folder.FaceFolder` as the training data.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import io
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,21 +29,21 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from facesr.model.config import HR_SIZE, LR_SIZE
 from facesr.model.inference import FaceSR
 from facesr.model.landmarks import decode_heatmaps
 from facesr.model.normalization import images_to_tensor, tensor_to_images
+from facesr.model.preprocess import bicubic_baseline, make_lr
+from facesr.train.face_folder import FaceFolder
 from facesr.train.landmark_detector import OnnxLandmarkDetector
 from facesr.train.metrics import DEFAULT_BORDER, landmark_nrmse, psnr_y, ssim_y
 
-HR_SIZE = 128
-LR_SIZE = 16
-NUM_LANDMARKS = 68
 BICUBIC = "bicubic"
 HR = "hr"
 
 
 class EvaluationError(RuntimeError):
-    """The test set or the run configuration cannot be used."""
+    """The run configuration cannot be used (problems of the test set itself are `DatasetError`s)."""
 
 
 def step_key(step: int) -> str:
@@ -51,91 +51,7 @@ def step_key(step: int) -> str:
     return f"step_{step}"
 
 
-# -- the test set --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class EvalDataset:
-    """An aligned test set: image paths and ground-truth landmarks (loaded lazily, batch by batch)."""
-
-    root: Path
-    names: tuple[str, ...]
-    paths: tuple[Path, ...]
-    landmarks: np.ndarray  # N x 68 x 2 float32 (x, y) HR pixels
-
-    def __len__(self) -> int:
-        return len(self.names)
-
-    def load_images(self, start: int, stop: int) -> np.ndarray:
-        """HR faces `start:stop` as N x 128 x 128 x 3 uint8 RGB."""
-        images = []
-        for name, path in zip(self.names[start:stop], self.paths[start:stop], strict=True):
-            try:
-                with Image.open(path) as handle:
-                    image = handle.convert("RGB")
-            except (OSError, ValueError, SyntaxError) as error:
-                raise EvaluationError(f"cannot read test image {name}: {error}") from error
-            if image.size != (HR_SIZE, HR_SIZE):
-                raise EvaluationError(f"test image {name} is {image.width}x{image.height}, expected 128x128")
-            images.append(np.asarray(image, dtype=np.uint8))
-        return np.stack(images)
-
-
-def _resolve_image(hr_dir: Path, name: str) -> Path | None:
-    path = hr_dir / name
-    if path.is_file():
-        return path
-    for extension in (".png", ".jpg", ".jpeg"):
-        candidate = hr_dir / f"{name}{extension}"
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def load_eval_dataset(root: Path, *, limit: int | None = None) -> EvalDataset:
-    """Read and check a test set folder (`HR/`, `landmarks68.npy`, `list.txt`); first `limit` faces."""
-    list_file, landmark_file, hr_dir = root / "list.txt", root / "landmarks68.npy", root / "HR"
-    for required in (list_file, landmark_file, hr_dir):
-        if not required.exists():
-            raise EvaluationError(f"{root}: missing {required.name} (need HR/, list.txt, landmarks68.npy)")
-    names = [line.strip() for line in list_file.read_text(encoding="utf-8").splitlines() if line.strip()]
-    try:
-        landmarks = np.load(landmark_file, allow_pickle=False)
-    except (OSError, ValueError) as error:
-        raise EvaluationError(f"cannot read {landmark_file}: {error}") from error
-    if landmarks.ndim != 3 or landmarks.shape[1:] != (NUM_LANDMARKS, 2):
-        raise EvaluationError(f"{landmark_file}: expected N x 68 x 2, got {landmarks.shape}")
-    if len(landmarks) != len(names):
-        raise EvaluationError(
-            f"{root}: list.txt has {len(names)} names, landmarks68.npy {len(landmarks)} faces"
-        )
-    if not np.all(np.isfinite(landmarks)):
-        raise EvaluationError(f"{landmark_file}: landmarks contain NaN or infinity")
-    if limit is not None:
-        if limit < 1:
-            raise EvaluationError(f"limit must be at least 1, got {limit}")
-        names, landmarks = names[:limit], landmarks[:limit]
-    if not names:
-        raise EvaluationError(f"{root}: the test set is empty")
-    paths = []
-    for name in names:
-        path = _resolve_image(hr_dir, name)
-        if path is None:
-            raise EvaluationError(f"{root}: image {name!r} listed in list.txt is not in HR/")
-        paths.append(path)
-    return EvalDataset(root, tuple(names), tuple(paths), landmarks.astype(np.float32))
-
-
 # -- image making ----------------------------------------------------------------------------------
-
-
-def _resize_all(images: np.ndarray, size: int, resample: Image.Resampling) -> np.ndarray:
-    return np.stack([np.asarray(Image.fromarray(image).resize((size, size), resample)) for image in images])
-
-
-def bicubic_downscale(hr: np.ndarray) -> np.ndarray:
-    """N x 128 x 128 x 3 uint8 -> N x 16 x 16 x 3 uint8 (PIL bicubic, antialiased: the paper's LR)."""
-    return _resize_all(hr, LR_SIZE, Image.Resampling.BICUBIC)
 
 
 RESAMPLING = {
@@ -150,7 +66,8 @@ RESAMPLING = {
 class Degradation:
     """How the LR test inputs are made from HR: the paper's (PIL bicubic) or a shifted distribution.
 
-    kernel: PIL resampling filter of the 128 -> 16 downscale (one of `RESAMPLING`).
+    kernel: PIL resampling filter of the HR -> LR downscale (one of `RESAMPLING`); "bicubic" is the
+        training degradation (`facesr.model.preprocess.make_lr`).
     jpeg_quality: when set, each LR face is JPEG-compressed at this quality (1-95) after downscaling.
     """
 
@@ -168,14 +85,14 @@ class Degradation:
         return self.kernel == "bicubic" and self.jpeg_quality is None
 
     def describe(self) -> str:
-        text = f"HR 128x128 resized to 16x16 with PIL {self.kernel} (antialiased)"
+        text = f"HR {HR_SIZE}x{HR_SIZE} resized to {LR_SIZE}x{LR_SIZE} with PIL {self.kernel} (antialiased)"
         if self.jpeg_quality is not None:
             text += f", then JPEG-compressed at quality {self.jpeg_quality}"
         return text
 
-    def apply(self, hr: np.ndarray) -> np.ndarray:
-        """N x 128 x 128 x 3 uint8 -> N x 16 x 16 x 3 uint8."""
-        lr = _resize_all(hr, LR_SIZE, RESAMPLING[self.kernel])
+    def apply(self, hr: np.ndarray, size: int = LR_SIZE) -> np.ndarray:
+        """N x 128 x 128 x 3 uint8 RGB -> N x size x size x 3 uint8 RGB (size: the model's LR side, 16)."""
+        lr = make_lr(hr, size, resample=RESAMPLING[self.kernel])
         if self.jpeg_quality is None:
             return lr
         compressed = []
@@ -188,11 +105,6 @@ class Degradation:
 
 
 PAPER_DEGRADATION = Degradation()
-
-
-def bicubic_upscale(lr: np.ndarray) -> np.ndarray:
-    """N x 16 x 16 x 3 uint8 -> N x 128 x 128 x 3 uint8 (PIL bicubic: the baseline)."""
-    return _resize_all(lr, HR_SIZE, Image.Resampling.BICUBIC)
 
 
 @dataclass(frozen=True)
@@ -338,9 +250,10 @@ def _run_batch(
     detector: OnnxLandmarkDetector | None,
     degradation: Degradation,
 ) -> _BatchOutputs:
-    lr = degradation.apply(hr)
+    lr = degradation.apply(hr, engine.config.lr_size)
     outputs = run_generator(engine, lr)
-    images = {BICUBIC: bicubic_upscale(lr), **dict(zip(steps, outputs.steps, strict=True))}
+    baseline = bicubic_baseline(lr, engine.config.hr_size)
+    images = {BICUBIC: baseline, **dict(zip(steps, outputs.steps, strict=True))}
     aligned = dict(zip(steps, outputs.landmarks, strict=True)) if outputs.landmarks else {}
     detected = {}
     if detector is not None:
@@ -367,7 +280,7 @@ def _score_image(
 
 def evaluate(
     engine: FaceSR,
-    dataset: EvalDataset,
+    dataset: FaceFolder,
     *,
     detector: OnnxLandmarkDetector | None = None,
     batch_size: int = 16,
@@ -380,7 +293,7 @@ def evaluate(
 
     Args:
         engine: the model (run in fp32 on `engine.device`).
-        dataset: the test set.
+        dataset: the test set (its images must be the model's output size).
         detector: optional external landmark detector (scores bicubic, every step and HR).
         batch_size: faces per generator call.
         grid_images: how many leading faces to keep for the picture grid.
@@ -395,7 +308,7 @@ def evaluate(
     samples = GridSamples()
     batches = list(_batches(len(dataset), batch_size))
     for start, stop in tqdm(batches, desc="evaluate", unit="batch", disable=not progress):
-        hr = dataset.load_images(start, stop)
+        hr = dataset.read_images(start, stop)
         truth = dataset.landmarks[start:stop]
         batch = _run_batch(engine, hr, steps, detector, degradation)
         for i in range(stop - start):

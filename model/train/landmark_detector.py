@@ -17,10 +17,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from facesr.model.config import NUM_KEYPOINTS
+
 #: Where the project's tests and docs expect the detector, relative to the repository root.
 DEFAULT_LANDMARK_MODEL = Path("..") / "shared" / "models" / "pfld68.onnx"
 DETECTOR_INPUT_SIZE = 112
-NUM_LANDMARKS = 68
 
 
 class LandmarkDetectorError(RuntimeError):
@@ -84,12 +85,12 @@ class OnnxLandmarkDetector:
         for start in range(0, len(images), batch_size):
             batch = np.stack([self._to_input(image) for image in images[start : start + batch_size]])
             raw = self._session.run(None, {self._input_name: batch})[0]
-            expected = (len(batch), 2 * NUM_LANDMARKS)
+            expected = (len(batch), 2 * NUM_KEYPOINTS)
             if raw.shape != expected:
                 raise LandmarkDetectorError(f"{self.model_path}: output {raw.shape}, expected {expected}")
-            results.append(raw.reshape(len(batch), NUM_LANDMARKS, 2))
+            results.append(raw.reshape(len(batch), NUM_KEYPOINTS, 2))
         if not results:
-            return np.zeros((0, NUM_LANDMARKS, 2), dtype=np.float32)
+            return np.zeros((0, NUM_KEYPOINTS, 2), dtype=np.float32)
         normalised = np.concatenate(results).astype(np.float32)
         return normalised * np.asarray([width, height], dtype=np.float32)
 

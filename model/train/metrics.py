@@ -25,11 +25,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from facesr.model.config import SCALE
+
 #: BT.601 luma weights for RGB in [0, 255]; the result is divided by 255 and offset by 16.
 Y_WEIGHTS: tuple[float, float, float] = (65.481, 128.553, 24.966)
 Y_OFFSET = 16.0
 #: Pixels cut from every border before scoring (the authors use the scale factor, 8).
-DEFAULT_BORDER = 8
+DEFAULT_BORDER = SCALE
 PEAK = 255.0
 SSIM_WINDOW = 11
 SSIM_SIGMA = 1.5

@@ -42,7 +42,8 @@ class Precision:
     def prepare(self, module: nn.Module) -> None:
         """Put a module's weights in the run's memory layout."""
         if self.channels_last:
-            module.to(memory_format=torch.channels_last)
+            # Module.to accepts memory_format at run time; torch's overloads for it omit the keyword.
+            module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
     def layout(self, images: torch.Tensor) -> torch.Tensor:
         """Inputs B x C x H x W in the run's memory layout."""

@@ -1,29 +1,20 @@
-"""Turn annotated face photos into 128 x 128 training crops with landmarks.
+"""`facesr prepare`: turn annotated face photos into a face folder of training crops with landmarks.
 
-Input: a folder of photos plus 68-point iBUG annotations in one of three forms:
+The run reads annotations (`facesr.train.annotations`), cuts every face with its crop rule
+(`facesr.train.crop`) and writes the face folder layout of `facesr.train.face_folder`:
 
-* 300-W `.pts` files beside the images (`<stem>.pts` for `<stem>.jpg|png|...`; `<stem>_<k>.pts`
-  also matches `<stem>.jpg`, the 300-W way of annotating several faces of one photo);
-* a CSV file, one face per row: `name,x0,y0,x1,y1,...,x67,y67` (an optional header row is skipped);
-* an NPY array `N x 68 x 2` (x, y) plus a text file with the N image names, one per line.
-
-Output (the layout of the project's training set):
-
-* `HR/<name>.png`, size x size RGB crops;
+* `HR/<name>.png`, size x size RGB crops (128 x 128 by default);
 * `landmarks68.npy`, `N x 68 x 2` float32 (x, y) in crop pixels;
 * `list.txt`, the N file names in the same order.
 
-Coordinates are pixel centres at integers (0-based). 300-W `.pts` files count from 1 (MATLAB), so by
-default 1 is subtracted from them; CSV and NPY inputs are taken as 0-based. A bad file (unreadable
-image, malformed annotation, wrong point count) is reported and skipped; it never stops the run.
+A bad input (unreadable image, malformed annotation, wrong point count) is reported and skipped; it
+never stops the run. The public names of the readers and of the crop rule are re-exported here, the
+command's one import.
 """
 
 from __future__ import annotations
 
-import csv
-import math
-import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,73 +22,39 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-NUM_LANDMARKS = 68
-IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-HR_DIR = "HR"
-LANDMARKS_FILE = "landmarks68.npy"
-LIST_FILE = "list.txt"
-_MULTI_FACE_SUFFIX = re.compile(r"^(?P<photo>.+)_\d+$")
+from facesr.model.config import NUM_KEYPOINTS
+from facesr.train.annotations import (
+    IMAGE_EXTENSIONS,
+    AnnotationError,
+    FaceAnnotation,
+    PrepareError,
+    Problem,
+    discover_pts,
+    load_annotations,
+    read_csv_annotations,
+    read_npy_annotations,
+    read_pts,
+)
+from facesr.train.crop import CropRule, crop_face
+from facesr.train.face_folder import HR_DIR, LANDMARKS_FILE, LIST_FILE
 
-
-class AnnotationError(ValueError):
-    """One annotation record or file cannot be used."""
-
-
-class PrepareError(RuntimeError):
-    """The whole run cannot proceed (missing input, unreadable annotation table, occupied output)."""
-
-
-@dataclass(frozen=True)
-class CropRule:
-    """How a face box is derived from its landmarks.
-
-    The box is square, `scale` times the larger side of the landmarks' bounding box, centred on that
-    bounding box's centre moved down by `shift_y` times the larger side, and resized to `size`.
-
-    Attributes:
-        scale: box side / landmark extent (1.25 gives the Helen-style crops of the training set).
-        size: output side in pixels.
-        shift_y: vertical offset of the box centre, as a fraction of the landmark extent (+ = down).
-    """
-
-    scale: float = 1.25
-    size: int = 128
-    shift_y: float = 0.0
-
-    def __post_init__(self) -> None:
-        if not (math.isfinite(self.scale) and self.scale > 0):
-            raise ValueError(f"crop scale must be a positive number, got {self.scale}")
-        if self.size < 8:
-            raise ValueError(f"crop size must be at least 8 pixels, got {self.size}")
-        if not math.isfinite(self.shift_y):
-            raise ValueError(f"crop shift_y must be finite, got {self.shift_y}")
-
-    def box(self, landmarks: np.ndarray) -> tuple[float, float, float]:
-        """Crop box of a face as (centre x, centre y, side), in the photo's pixel-centre coordinates."""
-        low, high = landmarks.min(axis=0), landmarks.max(axis=0)
-        extent = float(np.max(high - low))
-        if extent <= 0.0:
-            raise AnnotationError("the landmarks have zero extent")
-        centre_x, centre_y = (low + high) / 2.0
-        return float(centre_x), float(centre_y + self.shift_y * extent), self.scale * extent
-
-
-@dataclass(frozen=True)
-class FaceAnnotation:
-    """One face to crop: its photo, its 68 landmarks there, and the output name (no extension)."""
-
-    name: str
-    image_path: Path
-    landmarks: np.ndarray  # 68 x 2 float64 (x, y), 0-based photo pixels
-    source: str  # where the annotation came from, for messages
-
-
-@dataclass(frozen=True)
-class Problem:
-    """A skipped input: what it was and why."""
-
-    source: str
-    reason: str
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "AnnotationError",
+    "CropRule",
+    "FaceAnnotation",
+    "PrepareError",
+    "PrepareSummary",
+    "Problem",
+    "check_output_dir",
+    "crop_face",
+    "discover_pts",
+    "load_annotations",
+    "prepare_dataset",
+    "read_csv_annotations",
+    "read_npy_annotations",
+    "read_pts",
+]
 
 
 @dataclass
@@ -116,227 +73,6 @@ class PrepareSummary:
         ]
         lines.extend(f"  skipped {problem.source}: {problem.reason}" for problem in self.skipped)
         return "\n".join(lines)
-
-
-# -- annotation readers --------------------------------------------------------------------------------
-
-
-def _checked_landmarks(points: np.ndarray, origin: int) -> np.ndarray:
-    """Validate a K x 2 array and shift it to 0-based coordinates."""
-    if points.shape != (NUM_LANDMARKS, 2):
-        raise AnnotationError(f"expected {NUM_LANDMARKS} points, got {points.shape[0]}")
-    if not np.all(np.isfinite(points)):
-        raise AnnotationError("landmarks contain NaN or infinity")
-    return points.astype(np.float64) - float(origin)
-
-
-def read_pts(path: Path) -> np.ndarray:
-    """Parse a 300-W `.pts` file as written (no origin shift).
-
-    Returns:
-        K x 2 float64 (x, y) with K the file's `n_points`.
-
-    Raises:
-        AnnotationError: the file is not a well-formed `.pts` file.
-    """
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        raise AnnotationError(f"cannot read: {error}") from error
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    header = {}
-    body_start = None
-    for index, line in enumerate(lines):
-        if line == "{":
-            body_start = index + 1
-            break
-        key, sep, value = line.partition(":")
-        if not sep:
-            raise AnnotationError(f"unexpected header line {line!r}")
-        header[key.strip().lower()] = value.strip()
-    if body_start is None:
-        raise AnnotationError("no '{' opening the point list")
-    try:
-        count = int(header["n_points"])
-    except (KeyError, ValueError) as error:
-        raise AnnotationError("missing or non-integer n_points header") from error
-    try:
-        body_end = lines.index("}", body_start)
-    except ValueError as error:
-        raise AnnotationError("no '}' closing the point list") from error
-    rows = [line.split() for line in lines[body_start:body_end]]
-    if len(rows) != count:
-        raise AnnotationError(f"n_points says {count} but the file lists {len(rows)} points")
-    try:
-        points = np.asarray([[float(row[0]), float(row[1])] for row in rows], dtype=np.float64)
-    except (ValueError, IndexError) as error:
-        raise AnnotationError(f"a point line is not two numbers: {error}") from error
-    return points.reshape(count, 2)
-
-
-def _find_image(base: Path) -> Path | None:
-    """`base` if it is a file, else the first `base.<image extension>` that exists (any case)."""
-    if base.suffix.lower() in IMAGE_EXTENSIONS and base.is_file():
-        return base
-    stem = base.with_suffix("") if base.suffix.lower() in IMAGE_EXTENSIONS else base
-    for extension in IMAGE_EXTENSIONS:
-        for spelling in (extension, extension.upper()):
-            candidate = stem.with_name(stem.name + spelling)
-            if candidate.is_file():
-                return candidate
-    return None
-
-
-def _image_for_pts(pts_path: Path) -> Path | None:
-    """The photo a `.pts` file annotates: same stem, or the stem without a `_<k>` face index."""
-    stem = pts_path.with_suffix("")
-    image = _find_image(stem)
-    if image is None:
-        match = _MULTI_FACE_SUFFIX.match(stem.name)
-        if match:
-            image = _find_image(stem.with_name(match["photo"]))
-    return image
-
-
-def _output_name(src_dir: Path, path: Path) -> str:
-    """`a/b/c.jpg` under src_dir -> `a_b_c` (the training set's naming)."""
-    relative = path.relative_to(src_dir) if path.is_relative_to(src_dir) else Path(path.name)
-    return "_".join(relative.with_suffix("").parts)
-
-
-def discover_pts(src_dir: Path, *, origin: int = 1) -> tuple[list[FaceAnnotation], list[Problem]]:
-    """Every `.pts` file under `src_dir` (recursively) with its photo."""
-    faces, problems = [], []
-    for pts_path in sorted(src_dir.rglob("*.pts")):
-        source = str(pts_path.relative_to(src_dir))
-        try:
-            landmarks = _checked_landmarks(read_pts(pts_path), origin)
-        except AnnotationError as error:
-            problems.append(Problem(source, f"malformed .pts: {error}"))
-            continue
-        image_path = _image_for_pts(pts_path)
-        if image_path is None:
-            problems.append(Problem(source, "no image with the same name beside it"))
-            continue
-        faces.append(FaceAnnotation(_output_name(src_dir, pts_path), image_path, landmarks, source))
-    return faces, problems
-
-
-def _named_faces(
-    src_dir: Path, records: Iterable[tuple[str, str, np.ndarray]], origin: int
-) -> tuple[list[FaceAnnotation], list[Problem]]:
-    """(source, image name, K x 2 points) records -> faces, with unique output names."""
-    faces, problems, used = [], [], set()
-    for source, image_name, points in records:
-        try:
-            landmarks = _checked_landmarks(points, origin)
-        except AnnotationError as error:
-            problems.append(Problem(source, str(error)))
-            continue
-        image_path = _find_image(src_dir / image_name)
-        if image_path is None:
-            problems.append(Problem(source, f"image {image_name!r} not found under the source folder"))
-            continue
-        base = _output_name(src_dir, image_path)
-        name, copy = base, 1
-        while name in used:  # several faces of one photo
-            copy += 1
-            name = f"{base}_{copy}"
-        used.add(name)
-        faces.append(FaceAnnotation(name, image_path, landmarks, source))
-    return faces, problems
-
-
-def read_csv_annotations(
-    csv_path: Path, src_dir: Path, *, origin: int = 0
-) -> tuple[list[FaceAnnotation], list[Problem]]:
-    """Faces from a `name,x0,y0,...,x67,y67` CSV (names relative to `src_dir`; extension optional)."""
-    records: list[tuple[str, str, np.ndarray]] = []
-    problems: list[Problem] = []
-    expected_fields = 1 + 2 * NUM_LANDMARKS
-    try:
-        with csv_path.open(newline="", encoding="utf-8") as handle:
-            for row_number, row in enumerate(csv.reader(handle), start=1):
-                source = f"{csv_path.name} row {row_number}"
-                if not row or all(not cell.strip() for cell in row):
-                    continue
-                if len(row) != expected_fields:
-                    problems.append(Problem(source, f"expected {expected_fields} fields, got {len(row)}"))
-                    continue
-                try:
-                    values = np.asarray([float(cell) for cell in row[1:]], dtype=np.float64)
-                except ValueError:
-                    if row_number != 1:  # the first row may be a header
-                        problems.append(Problem(source, "coordinates are not all numbers"))
-                    continue
-                records.append((source, row[0].strip(), values.reshape(NUM_LANDMARKS, 2)))
-    except (OSError, UnicodeDecodeError, csv.Error) as error:
-        raise PrepareError(f"cannot read annotation table {csv_path}: {error}") from error
-    faces, more_problems = _named_faces(src_dir, records, origin)
-    return faces, problems + more_problems
-
-
-def read_npy_annotations(
-    npy_path: Path, list_path: Path, src_dir: Path, *, origin: int = 0
-) -> tuple[list[FaceAnnotation], list[Problem]]:
-    """Faces from an `N x 68 x 2` NPY array plus a list of N image names (same order)."""
-    try:
-        points = np.load(npy_path, allow_pickle=False)
-    except (OSError, ValueError) as error:
-        raise PrepareError(f"cannot read landmark array {npy_path}: {error}") from error
-    try:
-        names = [line.strip() for line in list_path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    except (OSError, UnicodeDecodeError) as error:
-        raise PrepareError(f"cannot read name list {list_path}: {error}") from error
-    if points.ndim != 3 or points.shape[1:] != (NUM_LANDMARKS, 2):
-        raise PrepareError(f"{npy_path}: expected an N x {NUM_LANDMARKS} x 2 array, got {points.shape}")
-    if len(names) != len(points):
-        raise PrepareError(f"{list_path} lists {len(names)} names but {npy_path} holds {len(points)} faces")
-    records = [(f"{list_path.name} line {i + 1}", name, points[i]) for i, name in enumerate(names)]
-    return _named_faces(src_dir, records, origin)
-
-
-# -- cropping --------------------------------------------------------------------------------------
-
-
-def crop_face(
-    image: Image.Image, landmarks: np.ndarray, rule: CropRule
-) -> tuple[np.ndarray, np.ndarray, bool]:
-    """Cut the face box out of a photo and resize it, padding with black outside the photo.
-
-    Args:
-        image: the photo (any mode; converted to RGB).
-        landmarks: 68 x 2 (x, y), 0-based photo pixel centres.
-        rule: the box rule.
-
-    Returns:
-        (crop, crop_landmarks, padded): rule.size x rule.size x 3 uint8 RGB; 68 x 2 float32 (x, y) in
-        crop pixels; whether part of the box lay outside the photo.
-    """
-    centre_x, centre_y, side = rule.box(landmarks)
-    out = rule.size
-    # Box edges in PIL's continuous coordinates, where pixel i spans [i, i + 1].
-    left, top = centre_x + 0.5 - side / 2.0, centre_y + 0.5 - side / 2.0
-    # Read a few extra source pixels so the bicubic kernel sees real neighbours at the box edge.
-    margin = math.ceil(2.0 * max(1.0, side / out)) + 1
-    region = (
-        math.floor(left) - margin,
-        math.floor(top) - margin,
-        math.ceil(left + side) + margin,
-        math.ceil(top + side) + margin,
-    )
-    width, height = image.size
-    padded = left < 0 or top < 0 or left + side > width or top + side > height
-    rgb = image if image.mode == "RGB" else image.convert("RGB")
-    patch = rgb.crop(region)  # PIL fills the area outside the photo with black
-    box_in_patch = (left - region[0], top - region[1], left - region[0] + side, top - region[1] + side)
-    crop = patch.resize((out, out), Image.Resampling.BICUBIC, box=box_in_patch)
-    factor = out / side
-    mapped = (landmarks - np.asarray([left, top]) + 0.5) * factor - 0.5
-    return np.asarray(crop, dtype=np.uint8), mapped.astype(np.float32), padded
-
-
-# -- the run ---------------------------------------------------------------------------------------
 
 
 def _load_photo(path: Path) -> Image.Image:
@@ -387,7 +123,7 @@ def prepare_dataset(
     """Crop every face, write the data set, and say what was skipped.
 
     Args:
-        faces: faces to crop (from one of the readers above).
+        faces: faces to crop (from `load_annotations` or a reader of `facesr.train.annotations`).
         out_dir: output folder; gets `HR/`, `landmarks68.npy` and `list.txt`.
         rule: the crop rule.
         problems: problems the reader already found (reported in the summary).
@@ -422,44 +158,9 @@ def prepare_dataset(
         if padded:
             summary.padded.append(file_name)
     summary.written = sorted(crops)
-    stacked = np.zeros((len(crops), NUM_LANDMARKS, 2), dtype=np.float32)
+    stacked = np.zeros((len(crops), NUM_KEYPOINTS, 2), dtype=np.float32)
     for row, file_name in enumerate(summary.written):
         stacked[row] = crops[file_name]
     np.save(out_dir / LANDMARKS_FILE, stacked)
     (out_dir / LIST_FILE).write_text("".join(f"{name}\n" for name in summary.written), encoding="utf-8")
     return summary
-
-
-def load_annotations(
-    src_dir: Path,
-    annotations: Path | None = None,
-    *,
-    names_file: Path | None = None,
-    origin: int | None = None,
-) -> tuple[list[FaceAnnotation], list[Problem]]:
-    """Pick the reader for the annotation form: `.pts` beside images (None), a `.csv`, or a `.npy`.
-
-    Args:
-        src_dir: the photo folder.
-        annotations: None, or a `.csv` / `.npy` file.
-        names_file: for `.npy`, the name list (default: `list.txt` beside the array).
-        origin: coordinate of the first pixel centre in the annotations (0 or 1); default 1 for `.pts`
-            files (300-W convention) and 0 for CSV / NPY.
-    """
-    if not src_dir.is_dir():
-        raise PrepareError(f"source folder not found: {src_dir}")
-    if origin not in (None, 0, 1):
-        raise PrepareError(f"origin must be 0 or 1, got {origin}")
-    if annotations is None:
-        return discover_pts(src_dir, origin=1 if origin is None else origin)
-    if not annotations.is_file():
-        raise PrepareError(f"annotation file not found: {annotations}")
-    suffix = annotations.suffix.lower()
-    if suffix == ".csv":
-        return read_csv_annotations(annotations, src_dir, origin=origin or 0)
-    if suffix == ".npy":
-        names = names_file if names_file is not None else annotations.with_name(LIST_FILE)
-        if not names.is_file():
-            raise PrepareError(f"name list for {annotations.name} not found: {names} (pass --names)")
-        return read_npy_annotations(annotations, names, src_dir, origin=origin or 0)
-    raise PrepareError(f"unknown annotation format {annotations.name!r}: expected .csv or .npy")

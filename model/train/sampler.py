@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sized
+from collections.abc import Iterator
+from typing import Any
 
-from torch.utils.data import DistributedSampler
+from torch.utils.data import Dataset, DistributedSampler
 
 
 class EpochSampler(DistributedSampler):
@@ -15,7 +16,7 @@ class EpochSampler(DistributedSampler):
     process group when `num_replicas` and `rank` are given (single process: 1 and 0).
     """
 
-    def __init__(self, dataset: Sized, *, num_replicas: int, rank: int, seed: int) -> None:
+    def __init__(self, dataset: Dataset[Any], *, num_replicas: int, rank: int, seed: int) -> None:
         super().__init__(
             dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True
         )
@@ -28,7 +29,7 @@ class EpochSampler(DistributedSampler):
         self.set_epoch(epoch)
         self._skip = skip
 
-    def __iter__(self) -> Iterator[tuple[int, int]]:  # type: ignore[override]
+    def __iter__(self) -> Iterator[tuple[int, int]]:
         indices = list(super().__iter__())[self._skip :]
         return iter([(self.epoch, index) for index in indices])
 

@@ -24,15 +24,16 @@ class TrainingStateError(RuntimeError):
 
 def capture_rng_state() -> dict[str, Any]:
     """The global RNG states of torch (CPU and every CUDA device), numpy and `random`."""
-    np_state = np.random.get_state()
+    # {"bit_generator": "MT19937", "state": {"key", "pos"}, "has_gauss", "gauss"}: the legacy tuple's values
+    np_state = np.random.get_state(legacy=False)
     return {
         "torch": torch.get_rng_state(),
         "cuda": list(torch.cuda.get_rng_state_all()) if torch.cuda.is_available() else [],
         "numpy": {
-            "keys": torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)),
-            "pos": int(np_state[2]),
-            "has_gauss": int(np_state[3]),
-            "cached_gaussian": float(np_state[4]),
+            "keys": torch.from_numpy(np.asarray(np_state["state"]["key"], dtype=np.int64)),
+            "pos": int(np_state["state"]["pos"]),
+            "has_gauss": int(np_state["has_gauss"]),
+            "cached_gaussian": float(np_state["gauss"]),
         },
         "python": random.getstate(),
     }

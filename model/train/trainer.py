@@ -26,13 +26,16 @@ from pydantic import ValidationError
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from facesr.model.checkpoint import load_checkpoint
+from facesr.model.checkpoint import load_generator
+from facesr.model.config import DICConfig
+from facesr.model.errors import CheckpointError
 from facesr.model.generator import DICGenerator, count_parameters, init_weights
 from facesr.train.align_stage import AlignmentStage
 from facesr.train.config import ConfigError, InitSection, TrainConfig
-from facesr.train.dataset import AugmentedFaces, FaceFolder, PlainFaces
+from facesr.train.dataset import AugmentedFaces, PlainFaces
 from facesr.train.distributed import DistributedContext, setup_distributed, teardown_distributed
 from facesr.train.export import export_generator, model_card
+from facesr.train.face_folder import FaceFolder
 from facesr.train.perceptual import build_feature_extractor
 from facesr.train.sampler import EpochSampler
 from facesr.train.stages import DICGANStage, DICStage
@@ -58,17 +61,13 @@ class TrainResult:
     last_validation: ValidationResult | None
 
 
-#: The alignment branch's tensors in a generator state dict (what `init.alignment` copies).
-ALIGNMENT_PREFIX = "HG."
-
-
 def build_generator(config: TrainConfig, *, load_init: bool = True) -> DICGenerator:
     """The generator a run starts from.
 
     DIC and align stages: the SR branch gets the authors' init (kaiming-normal fan-in, zero bias); the
     alignment branch keeps PyTorch's default init, because kaiming init on the no-BN recurrent
     hourglass makes its heatmaps explode (~1e10 after 4 steps). Then `init.weights` (a whole facesr
-    checkpoint of the same model configuration) and `init.alignment` (only its `HG.*` tensors, which
+    checkpoint of the same model configuration) and `init.alignment` (only its alignment branch, which
     must have the run's shapes) replace what they hold. `load_init=False` (a resumed run, whose state
     holds the weights) skips both.
     DICGAN stage: the weights of `gan.init_checkpoint` (a facesr checkpoint of a DIC run).
@@ -76,44 +75,45 @@ def build_generator(config: TrainConfig, *, load_init: bool = True) -> DICGenera
     generator = DICGenerator(config.dic_config())
     if config.gan is not None:
         if load_init:
-            _load_weights(generator, config.gan.init_checkpoint, "gan.init_checkpoint", same_config=True)
+            _load_weights(generator, config.gan.init_checkpoint, "gan.init_checkpoint")
         return generator
     for name, child in generator.named_children():
         if name != "HG":
             init_weights(child)
     if load_init and config.init.weights is not None:
-        _load_weights(generator, config.init.weights, "init.weights", same_config=True)
+        _load_weights(generator, config.init.weights, "init.weights")
     if load_init and config.init.alignment is not None:
-        _load_weights(generator, config.init.alignment, "init.alignment", prefix=ALIGNMENT_PREFIX)
+        _load_alignment(generator, config.init.alignment, "init.alignment")
     return generator
 
 
-def _load_weights(
-    generator: DICGenerator, path: Path, role: str, *, prefix: str = "", same_config: bool = False
-) -> None:
-    """Copy the tensors whose names start with `prefix` from a facesr checkpoint into `generator`.
+def _checkpoint_generator(path: Path, role: str, config: DICConfig | None = None) -> DICGenerator:
+    """The generator of a facesr checkpoint (`load_generator`), its problems as ConfigErrors of `role`."""
+    try:
+        return load_generator(path, config=config).generator
+    except CheckpointError as error:
+        raise ConfigError(f"{role}: {error}") from error
 
-    With `same_config` the checkpoint's model configuration must equal the generator's; otherwise the
-    copied tensors must have the generator's shapes.
-    """
-    loaded = load_checkpoint(path)
-    if same_config and loaded.config != generator.config:
-        raise ConfigError(
-            f"{role} {path}: its model {loaded.config.to_dict()} does not fit this run's "
-            f"{generator.config.to_dict()}"
-        )
-    own = generator.state_dict()
-    wanted = {key: value for key, value in loaded.state_dict.items() if key.startswith(prefix)}
-    expected = {key for key in own if key.startswith(prefix)}
+
+def _load_weights(generator: DICGenerator, path: Path, role: str) -> None:
+    """Copy every weight of a facesr checkpoint, which must have the generator's configuration."""
+    generator.load_state_dict(_checkpoint_generator(path, role, generator.config).state_dict())
+
+
+def _load_alignment(generator: DICGenerator, path: Path, role: str) -> None:
+    """Copy the alignment branch (`HG`) of a facesr checkpoint, which must have the run's shapes."""
+    source = _checkpoint_generator(path, role)
+    own = generator.HG.state_dict() if generator.HG is not None else {}
+    theirs = source.HG.state_dict() if source.HG is not None else {}
     mismatched = sorted(
-        key for key in expected if key not in wanted or tuple(wanted[key].shape) != tuple(own[key].shape)
+        key for key in own if key not in theirs or tuple(theirs[key].shape) != tuple(own[key].shape)
     )
-    if mismatched or not expected:
+    if generator.HG is None or not theirs or mismatched:
         raise ConfigError(
-            f"{role} {path}: its model {loaded.config.to_dict()} does not fit this run's "
+            f"{role} {path}: its model {source.config.to_dict()} does not fit this run's "
             f"{generator.config.to_dict()} (e.g. {', '.join(mismatched[:3]) or 'no alignment branch'})"
         )
-    generator.load_state_dict({**own, **{key: wanted[key] for key in expected}})
+    generator.HG.load_state_dict({key: theirs[key] for key in own})
 
 
 def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
@@ -126,8 +126,11 @@ def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
 def _saved_init(saved: dict[str, Any]) -> InitSection:
     """The `init` section of a saved config, not re-validated (its files need not exist any more)."""
     init = saved.get("init") or {}
-    paths = {key: None if init.get(key) is None else Path(init[key]) for key in ("weights", "alignment")}
-    return InitSection.model_construct(**paths)
+    weights, alignment = (init.get(key) for key in ("weights", "alignment"))
+    return InitSection.model_construct(
+        weights=None if weights is None else Path(weights),
+        alignment=None if alignment is None else Path(alignment),
+    )
 
 
 def _with_defaults(saved: dict[str, Any]) -> dict[str, Any]:
@@ -277,6 +280,8 @@ class Trainer:
         if self.config.stage == "align":
             return AlignmentStage(self.config, generator, self.context)
         if self.config.stage == "dicgan":
+            if self.config.gan is None:  # TrainConfig refuses this; the check narrows the type
+                raise ConfigError("stage 'dicgan' needs a 'gan' section")
             features = build_feature_extractor(self.config.gan.perceptual_features, generator)
             return DICGANStage(self.config, generator, self.context, features)
         return DICStage(self.config, generator, self.context)

@@ -1,7 +1,8 @@
 """Periodic validation on the held-out slice of the training data: Y-PSNR of the final step.
 
 Scores follow `facesr.train.metrics` (uint8 outputs, BT.601 luma, 8-pixel border cut). The bicubic
-baseline (PIL bicubic 16 -> 128 of the same LR) is reported beside it.
+baseline (`facesr.model.preprocess.bicubic_baseline`: PIL bicubic 16 -> 128 of the same LR) is
+reported beside it.
 """
 
 from __future__ import annotations
@@ -11,12 +12,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader
 
 from facesr.model.generator import DICGenerator
 from facesr.model.landmarks import decode_heatmaps
 from facesr.model.normalization import tensor_to_images
+from facesr.model.preprocess import bicubic_baseline
 from facesr.train.metrics import landmark_nrmse, psnr_y
 
 
@@ -78,16 +79,6 @@ def _optional(value: Any) -> float | None:
     return None if value is None else float(value)
 
 
-def bicubic_upscale(lr_images: np.ndarray, size: int = 128) -> np.ndarray:
-    """N x 16 x 16 x 3 uint8 -> N x size x size x 3 uint8 with PIL bicubic."""
-    return np.stack(
-        [
-            np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BICUBIC))
-            for image in lr_images
-        ]
-    )
-
-
 @torch.no_grad()
 def validate(generator: DICGenerator, loader: DataLoader, device: torch.device) -> ValidationResult:
     """Score `generator` (fp32, eval mode) on every batch of `loader`; restores its train/eval mode."""
@@ -102,7 +93,7 @@ def validate(generator: DICGenerator, loader: DataLoader, device: torch.device) 
             output = generator(batch["lr"].to(device))
             predictions = tensor_to_images(output.sr_steps[-1])
             targets = tensor_to_images(batch["hr"])
-            upscaled = bicubic_upscale(tensor_to_images(batch["lr"]))
+            upscaled = bicubic_baseline(tensor_to_images(batch["lr"]), generator.config.hr_size)
             scores += [psnr_y(p, t) for p, t in zip(predictions, targets, strict=True)]
             baseline += [psnr_y(b, t) for b, t in zip(upscaled, targets, strict=True)]
             if output.heatmap_steps:
@@ -134,8 +125,11 @@ def preview_grid(
 ) -> torch.Tensor:
     """An image grid for TensorBoard: one row per face with LR (nearest x8), every SR step, then HR.
 
+    Args:
+        batch: "lr" B x 3 x 16 x 16 and "hr" B x 3 x 128 x 128, mean-subtracted RGB.
+
     Returns:
-        3 x (128 rows) x (128 columns) float in [0, 1].
+        3 x (128 B) x (128 columns) float in [0, 1].
     """
     was_training = generator.training
     generator.eval()
@@ -145,8 +139,8 @@ def preview_grid(
         generator.train(was_training)
     lr = (
         torch.from_numpy(tensor_to_images(batch["lr"]))
-        .repeat_interleave(8, dim=1)
-        .repeat_interleave(8, dim=2)
+        .repeat_interleave(generator.config.scale, dim=1)
+        .repeat_interleave(generator.config.scale, dim=2)
     )
     columns = [lr] + [torch.from_numpy(tensor_to_images(sr)) for sr in output.sr_steps]
     columns.append(torch.from_numpy(tensor_to_images(batch["hr"])))

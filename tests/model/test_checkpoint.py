@@ -51,8 +51,10 @@ def test_fp16_storage_halves_the_file_and_loads_as_fp32(tiny_generator: DICGener
     save_checkpoint(full, tiny_generator, DICConfig.tiny(), _card())
     save_checkpoint(half, tiny_generator, DICConfig.tiny(), _card(), dtype=torch.float16)
     assert half.stat().st_size < 0.6 * full.stat().st_size
-    generator, card = load_generator(half)
-    assert card.name == "tiny-test"
+    loaded = load_generator(half)
+    generator, card = loaded.generator, loaded.card
+    assert card.name == "tiny-test" and loaded.sha256 == load_checkpoint(half).sha256
+    assert not generator.training
     weight = generator.state_dict()["conv_in.0.weight"]
     assert weight.dtype == torch.float32
     torch.testing.assert_close(weight, tiny_generator.state_dict()["conv_in.0.weight"], atol=1e-3, rtol=1e-3)

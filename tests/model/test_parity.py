@@ -42,7 +42,7 @@ def converted(
 
 
 def test_tensor_outputs_match_every_step(converted: Path, tiny_dir: Path) -> None:
-    generator, _ = load_generator(converted)
+    generator = load_generator(converted).generator
     x = torch.from_numpy(np.load(tiny_dir / "tensor_input.npy"))
     with torch.no_grad():
         sr_steps, heatmap_steps = generator(x)
@@ -69,7 +69,7 @@ def test_preprocessing_is_the_authors(tiny_dir: Path) -> None:
 
 
 def test_real_faces_float_and_uint8_outputs(converted: Path, tiny_dir: Path) -> None:
-    generator, _ = load_generator(converted)
+    generator = load_generator(converted).generator
     with torch.no_grad():
         sr_steps, heatmap_steps = generator(images_to_tensor(_lr_faces(tiny_dir)))
     expected_float = np.load(tiny_dir / "image_sr_steps_float32.npy")

@@ -10,8 +10,9 @@ from PIL import Image
 from torch.utils.data import default_collate
 
 from facesr.train.config import TrainConfig
-from facesr.train.dataset import AugmentedFaces, FaceFolder
+from facesr.train.dataset import AugmentedFaces
 from facesr.train.distributed import DistributedContext
+from facesr.train.face_folder import FaceFolder
 
 #: A single CPU process.
 CPU = DistributedContext(rank=0, world_size=1, device=torch.device("cpu"))

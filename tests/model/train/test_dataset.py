@@ -1,4 +1,4 @@
-"""The face-folder reader, the sample tensors and the resumable sampler."""
+"""The sample tensors (their LR is the serving path's LR) and the resumable sampler."""
 
 from __future__ import annotations
 
@@ -9,10 +9,14 @@ import pytest
 import torch
 from PIL import Image
 
+from facesr.model.config import DICConfig
 from facesr.model.landmarks import decode_heatmaps
 from facesr.model.normalization import tensor_to_images
+from facesr.model.preprocess import make_lr, to_lr_face
 from facesr.train.config import AugmentSection
-from facesr.train.dataset import AugmentedFaces, DatasetError, FaceFolder, PlainFaces, downscale_to_lr
+from facesr.train.dataset import AugmentedFaces, PlainFaces
+from facesr.train.evaluate import PAPER_DEGRADATION
+from facesr.train.face_folder import FaceFolder
 from facesr.train.sampler import EpochSampler
 from tests.model.train.helpers import write_face_folder
 
@@ -29,7 +33,7 @@ def test_sample_tensors_have_the_documented_shapes_and_are_consistent(folder: Fa
     assert sample["heatmaps"].shape == (68, 32, 32) and sample["landmarks"].shape == (68, 2)
     hr = tensor_to_images(sample["hr"][None])[0]
     np.testing.assert_array_equal(hr, folder.read_image(1))  # HR round-trips exactly
-    np.testing.assert_array_equal(tensor_to_images(sample["lr"][None])[0], downscale_to_lr(hr))
+    np.testing.assert_array_equal(tensor_to_images(sample["lr"][None])[0], make_lr(hr))
     decoded = decode_heatmaps(sample["heatmaps"][None])[0]
     np.testing.assert_allclose(decoded.numpy(), folder.landmarks[1], atol=0.3)
 
@@ -55,34 +59,28 @@ def test_augmented_heatmaps_match_the_augmented_landmarks(folder: FaceFolder) ->
         torch.testing.assert_close(decoded[inside], landmarks[inside], atol=0.3, rtol=0)
 
 
-@pytest.mark.parametrize(
-    ("break_it", "message"),
-    [
-        (lambda root: (root / "list.txt").unlink(), "missing list.txt"),
-        (lambda root: np.save(root / "landmarks68.npy", np.zeros((2, 68, 2))), "does not match"),
-        (lambda root: (root / "HR" / "face_03.png").unlink(), "missing"),
-        (lambda root: Image.new("RGB", (64, 64)).save(root / "HR" / "face_00.png"), "expected a 128x128"),
-    ],
-)
-def test_broken_folders_are_refused_clearly(tmp_path: Path, break_it, message: str) -> None:
-    root = tmp_path / "faces"
-    write_face_folder(root)
-    break_it(root)
-    with pytest.raises(DatasetError, match=message):
-        FaceFolder.open(root).read_image(0)
+def test_training_lr_is_the_serving_lr_bit_for_bit(folder: FaceFolder) -> None:
+    """One HR face: the training sample's LR, the evaluation LR and the service's `to_lr_face` agree."""
+    config = DICConfig.tiny()
+    for index in range(len(folder)):
+        hr = folder.read_image(index)
+        training = tensor_to_images(PlainFaces(folder, [index])[0]["lr"][None])[0]
+        serving, resized_from = to_lr_face(hr, size=config.lr_size)
+        evaluation = PAPER_DEGRADATION.apply(hr[None], config.lr_size)[0]
+        assert resized_from == (config.hr_size, config.hr_size)
+        assert training.shape == serving.shape == (config.lr_size, config.lr_size, 3)
+        np.testing.assert_array_equal(training, serving)
+        np.testing.assert_array_equal(evaluation, serving)
+        reference = np.asarray(Image.fromarray(hr).resize((16, 16), Image.Resampling.BICUBIC))
+        np.testing.assert_array_equal(serving, reference)
 
 
-def test_missing_folder_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(DatasetError, match="not found"):
-        FaceFolder.open(tmp_path / "nowhere")
-
-
-def test_split_is_fixed_and_disjoint(folder: FaceFolder) -> None:
-    train, val = folder.split(2, seed=5)
-    assert (train, val) == folder.split(2, seed=5)
-    assert len(val) == 2 and not set(train) & set(val) and len(train) + len(val) == len(folder)
-    with pytest.raises(DatasetError, match="leaves no training images"):
-        folder.split(len(folder), seed=0)
+def test_augmented_samples_are_made_by_the_same_degradation(folder: FaceFolder) -> None:
+    data = AugmentedFaces(folder, list(range(len(folder))), AugmentSection(), seed=1)
+    for epoch in range(3):
+        sample = data[(epoch, 2)]
+        hr = tensor_to_images(sample["hr"][None])[0]
+        np.testing.assert_array_equal(tensor_to_images(sample["lr"][None])[0], to_lr_face(hr)[0])
 
 
 def test_sampler_resumes_mid_epoch_with_the_same_order() -> None:

@@ -20,14 +20,10 @@ from facesr.model.checkpoint import ModelCard, save_checkpoint
 from facesr.model.config import DICConfig
 from facesr.model.generator import DICGenerator
 from facesr.model.inference import FaceSR
+from facesr.model.preprocess import bicubic_baseline, make_lr
 from facesr.service.cli import app
-from facesr.train.evaluate import (
-    Degradation,
-    EvaluationError,
-    bicubic_downscale,
-    evaluate,
-    load_eval_dataset,
-)
+from facesr.train.evaluate import Degradation, evaluate
+from facesr.train.face_folder import FaceFolder
 from facesr.train.metrics import landmark_nrmse, rgb_to_y
 from facesr.train.report import picture_grid, report_dict
 
@@ -158,7 +154,7 @@ def test_model_without_alignment_branch_reports_no_alignment_nrmse(tmp_path: Pat
     config = DICConfig.tiny(landmark_mode="none", num_steps=2)
     engine = FaceSR.from_checkpoint(write_checkpoint(tmp_path / "nl.safetensors", config), device="cpu")
 
-    evaluation = evaluate(engine, load_eval_dataset(dataset_dir, limit=2), progress=False)
+    evaluation = evaluate(engine, FaceFolder.open(dataset_dir, limit=2), progress=False)
 
     rows = {row.method: row for row in evaluation.summary()}
     assert list(rows) == ["bicubic", "step_1", "step_2", "hr"]
@@ -170,35 +166,24 @@ def test_model_without_alignment_branch_reports_no_alignment_nrmse(tmp_path: Pat
     json.dumps(report_dict(evaluation), allow_nan=False)
 
 
-def test_jpeg_names_without_extension_and_limit(tmp_path: Path) -> None:
+def test_jpeg_names_without_extension_and_limit(tmp_path: Path, checkpoint: Path) -> None:
     root = write_dataset(tmp_path / "jpeg", 4, extension=".jpg")
     (root / "list.txt").write_text("".join(f"face{i:02d}\n" for i in range(4)))
-    dataset = load_eval_dataset(root, limit=3)
-    assert len(dataset) == 3
-    assert dataset.load_images(0, 3).shape == (3, 128, 128, 3)
+    engine = FaceSR.from_checkpoint(checkpoint, device="cpu")
+    evaluation = evaluate(engine, FaceFolder.open(root, limit=3), progress=False, grid_images=0)
+    assert [scores.name for scores in evaluation.per_image] == ["face00", "face01", "face02"]
 
 
-@pytest.mark.parametrize(
-    ("damage", "message"),
-    [
-        (lambda root: (root / "landmarks68.npy").unlink(), "missing landmarks68.npy"),
-        (lambda root: np.save(root / "landmarks68.npy", np.zeros((2, 68, 2))), "3 names, landmarks68.npy 2"),
-        (lambda root: np.save(root / "landmarks68.npy", np.zeros((3, 5, 2))), "N x 68 x 2"),
-        (lambda root: (root / "HR" / "face01.png").unlink(), "'face01.png' listed in list.txt is not in HR/"),
-    ],
-)
-def test_broken_test_sets_are_clear_errors(tmp_path: Path, damage, message: str) -> None:
-    root = write_dataset(tmp_path / "data", 3)
-    damage(root)
-    with pytest.raises(EvaluationError, match=message):
-        load_eval_dataset(root)
-
-
-def test_wrong_image_size_is_a_clear_error(tmp_path: Path) -> None:
-    root = write_dataset(tmp_path / "data", 2)
-    Image.new("RGB", (64, 64)).save(root / "HR" / "face01.png")
-    with pytest.raises(EvaluationError, match=r"face01\.png is 64x64, expected 128x128"):
-        load_eval_dataset(root).load_images(0, 2)
+def test_protocol_images_are_the_shared_lr_and_baseline(dataset_dir: Path, checkpoint: Path) -> None:
+    """The kept LR faces are `make_lr` of HR and the bicubic images are `bicubic_baseline` of them."""
+    engine = FaceSR.from_checkpoint(checkpoint, device="cpu")
+    folder = FaceFolder.open(dataset_dir)
+    evaluation = evaluate(engine, folder, progress=False, grid_images=NUM_IMAGES, batch_size=2)
+    hr = folder.read_images(0, NUM_IMAGES)
+    np.testing.assert_array_equal(np.stack(evaluation.samples.lr), make_lr(hr))
+    np.testing.assert_array_equal(
+        np.stack(evaluation.samples.images["bicubic"]), bicubic_baseline(make_lr(hr))
+    )
 
 
 def test_cli_reports_bad_inputs_without_a_traceback(
@@ -235,7 +220,7 @@ def test_low_resolution_inputs_match_the_reference_lr_images(shared_dir: Path) -
     for reference in references:
         name = reference.stem.removeprefix("lr_")
         hr = read_image(helen / f"{name}.jpg")
-        np.testing.assert_array_equal(bicubic_downscale(hr[None])[0], read_image(reference))
+        np.testing.assert_array_equal(make_lr(hr), read_image(reference))
 
 
 def test_shifted_input_distribution_is_applied_to_model_and_baseline_alike(

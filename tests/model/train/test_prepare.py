@@ -298,3 +298,14 @@ def test_colliding_output_names_are_reported_not_overwritten(tmp_path: Path) -> 
     names, landmarks = load_output(tmp_path / "out")
     assert names == ["x_y.png"]
     assert landmarks.shape == (1, 68, 2)
+
+
+def test_the_command_imports_each_concept_from_its_own_module() -> None:
+    """Readers, crop geometry and writer live in their own modules; `prepare` re-exports them."""
+    from facesr.train import annotations, crop, face_folder, prepare
+
+    assert prepare.load_annotations is annotations.load_annotations
+    assert prepare.read_pts is annotations.read_pts
+    assert prepare.CropRule is crop.CropRule and prepare.crop_face is crop.crop_face
+    assert prepare.PrepareError is annotations.PrepareError
+    assert prepare.LIST_FILE == face_folder.LIST_FILE

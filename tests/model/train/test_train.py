@@ -133,7 +133,7 @@ def test_run_writes_serving_checkpoints_with_a_model_card(
         "a DIC run selects on Y-PSNR"
     )
     assert card.metrics["validation"]["psnr_y_bicubic"] > 10
-    generator, _ = load_generator(result.final_checkpoint)
+    generator = load_generator(result.final_checkpoint).generator
     assert generator.config == config.dic_config()
     for name in ("config.yaml", "best.config.yaml", "final.config.yaml"):
         assert (tmp_path / "run" / name).read_text(encoding="utf-8") == config.to_yaml()

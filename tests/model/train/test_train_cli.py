@@ -49,7 +49,7 @@ def test_missing_data_folder_exits_with_a_message(tiny_config_data: dict[str, An
     result = CliRunner().invoke(
         app, ["train", "--config", str(config), "--output", str(tmp_path / "r"), "--device", "cpu"]
     )
-    assert result.exit_code == 1 and "training data folder not found" in result.output
+    assert result.exit_code == 1 and "face folder not found" in result.output
 
 
 def test_init_continues_from_any_checkpoint_with_a_fresh_schedule(
