@@ -59,3 +59,29 @@ def test_the_api_process_in_redis_mode_imports_no_torch(redis_url: str) -> None:
         "super_resolve": 503,
     }
     assert report["heavy"] == [], f"the API process imported {report['heavy'][:5]}"
+
+
+QUEUE_PROBE = textwrap.dedent(
+    """
+    import json, sys
+    import facesr.service.queue
+    import facesr.service.queue.memory_backend
+    import facesr.service.queue.redis_backend
+    import facesr.service.queue.redis_source
+    print(json.dumps(sorted(sys.modules)))
+    """
+)
+
+
+def test_the_queue_library_imports_no_torch_no_web_framework_and_no_metrics() -> None:
+    """The queue is a library its users hand settings, events and a worker to; it imports none of them."""
+    finished = subprocess.run(
+        [sys.executable, "-c", QUEUE_PROBE], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert finished.returncode == 0, finished.stderr
+    loaded = json.loads(finished.stdout.strip().splitlines()[-1])
+    assert "facesr.service.queue.redis_backend" in loaded  # the probe did import the backends
+    forbidden = ("torch", "fastapi", "starlette", "prometheus_client", "facesr.service.metrics")
+    offending = [name for name in loaded if name.split(".")[0] in forbidden or name in forbidden]
+    assert offending == []
+    assert not [name for name in loaded if name.startswith(("facesr.service.worker.", "facesr.service.api"))]
