@@ -4,7 +4,7 @@
 # follow that mapping, so it checks a throw-away tree of links that spells the import names out.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
-python="${PYTHON:-$root/.venv/bin/python}"
+python="$(realpath -s "${PYTHON:-$root/.venv/bin/python}")"  # absolute: the check runs elsewhere
 tree="$(mktemp -d)"
 trap 'rm -rf "$tree"' EXIT
 mkdir -p "$tree/facesr"
