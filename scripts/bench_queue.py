@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from facesr.model.config import LR_SIZE
 from facesr.service.queue import Job, JobOptions, QueueBackend
 from facesr.service.queue.memory_backend import InProcessQueue
 from facesr.service.queue.redis_backend import RedisQueue
@@ -64,9 +65,9 @@ class NoOpEngine:
 
         self.device, self.dtype = torch.device("cpu"), torch.float32
         self.config = DICConfig.tiny()
-        self._image = np.zeros((128, 128, 3), np.uint8)
-        self._landmarks = np.zeros((68, 2), np.float32)
-        self._confidence = np.ones(68, np.float32)
+        self._image = np.zeros((self.config.hr_size, self.config.hr_size, 3), np.uint8)
+        self._landmarks = np.zeros((self.config.num_keypoints, 2), np.float32)
+        self._confidence = np.ones(self.config.num_keypoints, np.float32)
 
     def enhance_tensor(self, lr: np.ndarray, *, return_steps: bool = False) -> list[_Face]:
         return [_Face(self._image, self._landmarks, self._confidence) for _ in range(len(lr))]
@@ -120,7 +121,7 @@ def _start_redis(workdir: str) -> tuple[subprocess.Popen[bytes], str]:
 
 async def _closed_loop(queue: QueueBackend, concurrency: int, total: int) -> tuple[list[float], list[float]]:
     """``concurrency`` clients each submit-and-wait until ``total`` requests are done."""
-    lr = np.zeros((16, 16, 3), np.uint8)
+    lr = np.zeros((LR_SIZE, LR_SIZE, 3), np.uint8)
     latencies: list[float] = []
     batch_sizes: list[float] = []
     remaining = total
@@ -201,7 +202,7 @@ def main() -> None:
                 from facesr.service.worker.loop import Worker
 
                 inprocess = InProcessQueue(
-                    settings.max_queue,
+                    settings.queue_settings(),
                     lambda source: Worker({MODEL: NoOpEngine()}, source, settings.worker_settings()),
                 )
                 asyncio.run(_bench(inprocess, "in-process", levels, args.requests))

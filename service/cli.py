@@ -1,9 +1,10 @@
 """The `facesr` command line: one Typer app; each area registers its own subcommands.
 
-The serving and model commands are always there. The training commands (`prepare`, `evaluate`, `train`,
-`release`) come from the separate training package and are registered only where its dependencies are
-installed (`pip install 'facesr[train]'`); elsewhere the help says how to get them. Importing this module
-imports no torch: every command loads the model only when it runs.
+`serve` and `worker` are always there. The model commands (`enhance`, `bench-model`, `convert-official`)
+need the model runtime (`pip install 'facesr[model]'`), and the training commands (`prepare`, `evaluate`,
+`train`, `release`) come from the separate training package (`pip install 'facesr[train]'`): each group is
+registered only where its dependencies are installed, and elsewhere the help says how to get it.
+Importing this module imports no torch: every command loads the model only when it runs.
 """
 
 from __future__ import annotations
@@ -15,30 +16,45 @@ import typer
 from facesr.model import cli as model_cli
 from facesr.service import commands as service_commands
 
-# Modules that only the training extra installs; their presence is what "training is installed" means.
-TRAINING_REQUIREMENTS = ("torch", "yaml", "onnxruntime")
+# Modules that only an extra installs; their presence is what "installed" means for its commands.
+MODEL_REQUIREMENTS = ("torch", "safetensors")
+TRAINING_REQUIREMENTS = (*MODEL_REQUIREMENTS, "yaml", "onnxruntime", "skimage", "tensorboard")
+MODEL_HINT = (
+    "Model commands (enhance, bench-model, convert-official) and `facesr worker` need the model runtime: "
+    "pip install 'facesr[model]'"
+)
 TRAINING_HINT = (
     "Training commands (prepare, evaluate, train, release) are not installed here; "
     "get them with: pip install 'facesr[train]'"
 )
 
 
+def installed(requirements: tuple[str, ...]) -> bool:
+    """True when every one of these modules can be imported (nothing is imported to find out)."""
+    return all(importlib.util.find_spec(name) is not None for name in requirements)
+
+
 def training_installed() -> bool:
     """True when every dependency of the training package can be imported."""
-    return all(importlib.util.find_spec(name) is not None for name in TRAINING_REQUIREMENTS)
+    return installed(TRAINING_REQUIREMENTS)
 
 
 def build_app() -> typer.Typer:
     """The `facesr` app with every command available in this installation."""
-    has_training = training_installed()
+    has_model, has_training = installed(MODEL_REQUIREMENTS), training_installed()
+    hints = [
+        hint for hint, present in ((MODEL_HINT, has_model), (TRAINING_HINT, has_training)) if not present
+    ]
     app = typer.Typer(
         name="facesr",
         help="Face super-resolution (DIC/DICGAN): small faces to 8x larger ones with 68 landmarks.",
-        epilog=None if has_training else TRAINING_HINT.replace("[", "\\["),  # rich markup would eat [train]
+        # Rich markup would eat "[train]" and "[model]" unless the bracket is escaped.
+        epilog="\n\n".join(hints).replace("[", "\\[") or None,
         no_args_is_help=True,
         pretty_exceptions_enable=False,
     )
-    model_cli.register(app)
+    if has_model:
+        model_cli.register(app)
     if has_training:
         from facesr.train import cli as train_cli
 

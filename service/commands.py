@@ -8,6 +8,7 @@ and exit status 2.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import shutil
@@ -201,6 +202,8 @@ def worker(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
 
+    if importlib.util.find_spec("torch") is None:
+        raise _fail("`facesr worker` runs the model and needs the model runtime: pip install 'facesr[model]'")
     from facesr.service.worker.process import run_redis_worker
 
     try:

@@ -245,7 +245,7 @@ class _MetricsHandler(BaseHTTPRequestHandler):
 
 def start_metrics_server(
     port: int,
-    host: str = "0.0.0.0",  # noqa: S104 - a scrape target, usually inside a container network
+    host: str,
     *,
     ready: Callable[[], bool] | None = None,
 ) -> ThreadingHTTPServer:

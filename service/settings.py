@@ -21,14 +21,13 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from facesr.service.queue.keys import check_name
-from facesr.service.queue.settings import QueueSettings
+from facesr.service.queue.settings import REDIS_SCHEMES, QueueSettings
 from facesr.service.worker.settings import WorkerSettings
 
 ENV_PREFIX = "FACESR_"
 # FACESR_* variables that belong to other parts of the project, not to the service.
 _FOREIGN_VARIABLES = frozenset({"FACESR_SHARED_DIR"})
 _DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
-_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 _MIN_API_KEY_LENGTH = 16
 
 
@@ -165,8 +164,8 @@ class ServiceSettings(BaseSettings):
     @classmethod
     def _check_redis_url(cls, value: str) -> str:
         value = value.strip()
-        if value and not value.startswith(_REDIS_SCHEMES):
-            raise ValueError(f"must start with one of {', '.join(_REDIS_SCHEMES)} (or be empty)")
+        if value and not value.startswith(REDIS_SCHEMES):
+            raise ValueError(f"must start with one of {', '.join(REDIS_SCHEMES)} (or be empty)")
         return value
 
     @field_validator("device")

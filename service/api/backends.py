@@ -38,7 +38,11 @@ def build_embedded(settings: ServiceSettings) -> QueueBackend:
             f"({', '.join(sorted(engines))}); name one of them or leave it empty"
         )
     worker_settings = settings.worker_settings()
-    return InProcessQueue(settings.max_queue, lambda source: Worker(engines, source, worker_settings))
+    return InProcessQueue(
+        settings.queue_settings(),
+        lambda source: Worker(engines, source, worker_settings),
+        events=metrics.PrometheusQueueEvents(),
+    )
 
 
 def build_backend(settings: ServiceSettings) -> QueueBackend:

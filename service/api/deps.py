@@ -30,10 +30,6 @@ class Deadline:
     """The request's absolute deadline (time.time() seconds) and its budget in ms."""
 
     at: float
-    budget_ms: int
-
-    def remaining_s(self) -> float:
-        return self.at - time.time()
 
 
 async def get_deadline(
@@ -63,7 +59,7 @@ async def get_deadline(
             raise InvalidOptionsError(f"{DEADLINE_HEADER} must be a positive integer (ms), got {budget}")
         budget = min(budget, settings.max_deadline_ms)
     arrived_at = getattr(request.state, "arrived_at", None) or time.time()
-    return Deadline(at=arrived_at + budget / 1000.0, budget_ms=budget)
+    return Deadline(at=arrived_at + budget / 1000.0)
 
 
 RequestDeadline = Annotated[Deadline, Depends(get_deadline)]

@@ -29,7 +29,7 @@ from typing import Any, Final, cast
 import numpy as np
 
 from facesr.model.landmark_quality import LANDMARK_STATUSES, LandmarkStatus
-from facesr.service.queue.jobs import Job, JobOptions, JobResult
+from facesr.service.queue.jobs import ERROR_KINDS, Job, JobOptions, JobResult
 
 VERSION: Final = 1
 _HEADER_LEN = struct.Struct(">I")
@@ -121,13 +121,13 @@ def decode_job(fields: Mapping[Any, Any]) -> tuple[Job, str]:
     opts = meta.get("opts") or {}
     try:
         options = JobOptions(return_steps=bool(opts["return_steps"]), landmarks=bool(opts["landmarks"]))
-        deadline = math.inf if meta["dl"] is None else float(meta["dl"])
+        deadline = math.inf if meta["dl"] is None else _finite_time(meta["dl"], "deadline")
         job = Job(
             request_id=rid,
             model=model,
             lr_rgb=_image(_field(fields, "lr"), _declared_shape(meta.get("shape"))),
             options=options,
-            enqueued_at=float(meta["enq"]),
+            enqueued_at=_finite_time(meta["enq"], "enqueue time"),
             deadline=deadline,
         )
     except (KeyError, TypeError, ValueError) as exc:
@@ -192,6 +192,19 @@ def _landmark_status(value: Any) -> LandmarkStatus | None:
     raise CodecError("reply landmark_status is not one of passed, failed, unevaluated, absent")
 
 
+def _error_kind(value: Any) -> str | None:
+    if value is None or value in ERROR_KINDS:
+        return value
+    raise CodecError(f"reply error_kind is not one of {', '.join(sorted(ERROR_KINDS))}")
+
+
+def _finite_time(value: Any, name: str) -> float:
+    """A time read from the wire: a finite number (NaN would never expire; infinity is spelt null)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise CodecError(f"job entry {name} must be a finite number, got {value!r:.40}")
+    return float(value)
+
+
 def decode_result(frame: bytes) -> JobResult:
     """Inverse of :func:`encode_result`; checks that the blob lengths add up."""
     if len(frame) < _HEADER_LEN.size:
@@ -209,9 +222,12 @@ def decode_result(frame: bytes) -> JobResult:
         for n in sizes:
             blobs.append(frame[offset : offset + n])
             offset += n
+        step_count = None if header["steps"] is None else int(header["steps"])
+        if len(blobs) != int(bool(header["has_sr"])) + (step_count or 0):
+            raise CodecError("reply frame blob count does not match its images")
         images = [_image(blob, _declared_shape(header["shape"])) for blob in blobs] if blobs else []
         sr = images.pop(0) if header["has_sr"] else None
-        steps = None if header["steps"] is None else images[: int(header["steps"])]
+        steps = None if step_count is None else images
         return JobResult(
             request_id=str(header["rid"]),
             ok=bool(header["ok"]),
@@ -222,7 +238,7 @@ def decode_result(frame: bytes) -> JobResult:
             model_id=header["model_id"],
             worker_id=header["worker_id"],
             timings={str(k): float(v) for k, v in (header["timings"] or {}).items()},
-            error_kind=header["error_kind"],
+            error_kind=_error_kind(header["error_kind"]),
             error_message=header["error_message"],
         )
     except CodecError:

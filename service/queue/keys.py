@@ -8,7 +8,7 @@
 {p}:workers          sorted set worker_id -> heartbeat expiry time, to list workers without SCAN
 {p}:dead             stream of jobs that exhausted their deliveries (capped length)
 ```
-The 768-byte input rides inside the stream entry, so no separate input blob (and no claim-check) is needed.
+The small input image rides inside the stream entry, so no separate input blob (and no claim-check) is needed.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def check_name(kind: str, value: str) -> str:
 class Keys:
     """Key names under one prefix; several deployments can share a Redis with different prefixes."""
 
-    prefix: str = "facesr"
+    prefix: str
 
     def __post_init__(self) -> None:
         check_name("queue prefix", self.prefix)

@@ -20,8 +20,10 @@ from typing import Protocol
 
 from facesr.service.queue.base import BackendStatus, BackendUnavailable, QueueFull
 from facesr.service.queue.batching import FIRST_READ_BLOCK_S, collect_batch
+from facesr.service.queue.events import SILENT, QueueEvents
 from facesr.service.queue.jobs import Job, JobResult
 from facesr.service.queue.pending import PendingReplies, resolved_future
+from facesr.service.queue.settings import QueueSettings
 from facesr.service.queue.source import Delivery, JobSource, WorkerInfo
 
 log = logging.getLogger(__name__)
@@ -169,13 +171,23 @@ class InProcessQueue:
     """:class:`~facesr.service.queue.base.QueueBackend` with the worker on a thread of this process.
 
     Args:
-        max_queue: jobs waiting or computing before QueueFull.
+        settings: the queue's settings; only ``max_queue`` (jobs waiting or computing before QueueFull)
+            applies in one process.
         make_worker: builds the worker that consumes :attr:`source` (called once, here).
+        events: where late replies are reported (default: nowhere).
     """
 
-    def __init__(self, max_queue: int, make_worker: Callable[[JobSource], InProcessWorker]) -> None:
-        self.max_queue = max_queue
-        self.source = MemoryJobSource(max_queue, self._deliver_threadsafe)
+    def __init__(
+        self,
+        settings: QueueSettings,
+        make_worker: Callable[[JobSource], InProcessWorker],
+        *,
+        events: QueueEvents = SILENT,
+    ) -> None:
+        self.settings = settings
+        self.max_queue = settings.max_queue
+        self.events = events
+        self.source = MemoryJobSource(settings.max_queue, self._deliver_threadsafe)
         self.worker = make_worker(self.source)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pending: PendingReplies | None = None
@@ -247,9 +259,14 @@ class InProcessQueue:
         if loop is None or pending is None:
             return
         try:
-            loop.call_soon_threadsafe(pending.resolve, result)
+            loop.call_soon_threadsafe(self._resolve, pending, result)
         except RuntimeError:
             log.debug("event loop closed; dropping the result of %s", result.request_id)
+
+    def _resolve(self, pending: PendingReplies, result: JobResult) -> None:
+        """On the event loop: hand the result to its caller, or count it late (its caller stopped waiting)."""
+        if not pending.resolve(result):
+            self.events.late_reply()
 
     def _retry_after(self, depth: int) -> float:
         throughput = self.worker.throughput

@@ -39,12 +39,11 @@ from facesr.service.queue.events import SILENT, QueueEvents
 from facesr.service.queue.jobs import Job, JobResult
 from facesr.service.queue.keys import GROUP, Keys, check_name
 from facesr.service.queue.pending import PendingReplies, resolved_future
-from facesr.service.queue.redis_source import RedisJobSource
 from facesr.service.queue.settings import QueueSettings
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RedisJobSource", "RedisQueue"]
+__all__ = ["RedisQueue"]
 
 # KEYS[1] = job stream; ARGV[1] = max depth, ARGV[2] = consumer group, ARGV[3..] = field, value, ...
 # Returns {1, entry id} when admitted, {0, depth} when full.

@@ -81,6 +81,19 @@ def _ids_by_stream(handles: Iterable[Handle]) -> dict[str, list[str]]:
     return by_stream
 
 
+def _encode_or_fail(result: JobResult) -> bytes:
+    """The reply frame of ``result``; a result that cannot be encoded is answered as an internal error
+    instead, so one bad result neither goes unanswered nor stops the worker."""
+    try:
+        return encode_result(result)
+    except ValueError as exc:
+        log.error("cannot encode the result of %s: %s", result.request_id, exc)
+        failure = JobResult.failure(
+            result.request_id, "internal", f"the worker could not send the result: {exc}"
+        )
+        return encode_result(failure)
+
+
 class RedisJobSource:
     """Consumes ``{prefix}:jobs:{model}`` streams as one member of the ``workers`` consumer group.
 
@@ -301,7 +314,7 @@ class RedisJobSource:
             for delivery, result in answered:
                 if delivery.reply_to and delivery.request_id:
                     reply_key = self.keys.reply(delivery.reply_to)
-                    pipe.rpush(reply_key, encode_result(result))
+                    pipe.rpush(reply_key, _encode_or_fail(result))
                     pipe.expire(reply_key, ttl)
                 else:
                     log.warning("entry %s has no reply address; acknowledged unanswered", delivery.handle)

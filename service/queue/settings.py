@@ -9,7 +9,8 @@ from dataclasses import dataclass
 
 from facesr.service.queue.keys import check_name
 
-_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+#: URL schemes redis-py accepts for a queue.
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -37,8 +38,8 @@ class QueueSettings:
     job_ttl_s: float
 
     def __post_init__(self) -> None:
-        if self.url and not self.url.startswith(_REDIS_SCHEMES):
-            raise ValueError(f"queue url must start with one of {', '.join(_REDIS_SCHEMES)}")
+        if self.url and not self.url.startswith(REDIS_SCHEMES):
+            raise ValueError(f"queue url must start with one of {', '.join(REDIS_SCHEMES)}")
         check_name("queue prefix", self.prefix)
         for name in ("max_queue", "max_batch_size", "max_deliveries"):
             if getattr(self, name) < 1:

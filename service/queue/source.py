@@ -48,8 +48,10 @@ class WorkerInfo:
 
 
 class JobSource(Protocol):
-    """Transport used by :class:`facesr.service.worker.Worker`; methods are called from the worker thread,
-    except :meth:`heartbeat` and :meth:`keep_alive`, which the heartbeat thread calls."""
+    """Transport used by :class:`facesr.service.worker.loop.Worker`.
+
+    Methods are called from the worker thread, except :meth:`heartbeat` and :meth:`keep_alive`, which the
+    heartbeat thread calls."""
 
     def open(self, worker_id: str, models: Sequence[str]) -> None:
         """Prepare to consume jobs for ``models`` (create consumer groups etc.)."""

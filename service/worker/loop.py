@@ -50,11 +50,11 @@ from facesr.service.worker.settings import WarmupMode, WorkerSettings
 log = logging.getLogger(__name__)
 
 
-class NonFiniteOutputError(ValueError):
-    """The model returned NaN or infinite values for one face."""
+class InvalidOutputError(ValueError):
+    """The model's output for one face cannot be sent: non-finite values, or images of the wrong size."""
 
 
-def warmup_sizes(max_batch_size: int, mode: WarmupMode = "all") -> list[int]:
+def warmup_sizes(max_batch_size: int, mode: WarmupMode) -> list[int]:
     """Batch sizes to run once before serving: every size up to B, or powers of two plus B."""
     if max_batch_size < 1:
         raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
@@ -70,6 +70,16 @@ def make_worker_id() -> str:
     """Unique per process, readable in XINFO CONSUMERS: host, pid and a random suffix."""
     host = socket.gethostname().split(".")[0][:40] or "host"
     return f"{host}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+def _output_image(image: Any, side: int) -> np.ndarray:
+    """One output image as a contiguous ``side x side x 3`` uint8 array; anything else fails the face."""
+    array = np.asarray(image)
+    if array.shape != (side, side, 3) or array.dtype != np.uint8:
+        raise InvalidOutputError(
+            f"the model returned an image of {array.shape} {array.dtype}, expected {side} x {side} x 3 uint8"
+        )
+    return np.ascontiguousarray(array)
 
 
 class Worker:
@@ -313,7 +323,7 @@ class Worker:
                 continue
             try:
                 answered.append((delivery, self._success(job, output, engine, timings)))
-            except NonFiniteOutputError as exc:  # this item alone; its neighbours in the batch are fine
+            except InvalidOutputError as exc:  # this item alone; its neighbours in the batch are fine
                 metrics.ITEM_ERRORS.labels(kind="internal").inc()
                 answered.append((delivery, self._failure(delivery, "internal", str(exc), timings)))
         packaged = time.perf_counter()
@@ -334,15 +344,11 @@ class Worker:
         return answered
 
     def _success(self, job: Job, output: Any, engine: Engine, timings: dict[str, float]) -> JobResult:
-        image = np.ascontiguousarray(output.image, dtype=np.uint8)
         side = engine.config.hr_size
-        if image.shape != (side, side, 3):
-            raise RuntimeError(
-                f"engine returned an image of shape {image.shape}, expected {side} x {side} x 3"
-            )
+        image = _output_image(output.image, side)
         steps = None
         if job.options.return_steps and output.steps is not None:
-            steps = [np.ascontiguousarray(step, dtype=np.uint8) for step in output.steps]
+            steps = [_output_image(step, side) for step in output.steps]
         landmarks = None
         quality = engine_landmark_quality(engine)
         status = quality.status if quality is not None else None
@@ -351,7 +357,7 @@ class Worker:
             scores = np.asarray(output.confidence, dtype=np.float64)
             if not (np.isfinite(points).all() and np.isfinite(scores).all()):
                 # NaN/inf (e.g. an fp16 overflow) cannot be sent as JSON and would turn into a 500 later.
-                raise NonFiniteOutputError("the model produced non-finite landmarks for this face")
+                raise InvalidOutputError("the model produced non-finite landmarks for this face")
             landmarks = np.column_stack([points.round(3), np.clip(scores, 0.0, 1.0).round(4)]).tolist()
         return JobResult(
             request_id=job.request_id,

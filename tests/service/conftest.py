@@ -241,7 +241,9 @@ def start_embedded(engine: FaceSR, **overrides: Any) -> RunningService:
     settings = ServiceSettings(**{**TEST_LIMITS, **overrides})
     gated = GatedEngine(engine)
     backend = InProcessQueue(
-        settings.max_queue, lambda source: Worker({MODEL_NAME: gated}, source, settings.worker_settings())
+        settings.queue_settings(),
+        lambda source: Worker({MODEL_NAME: gated}, source, settings.worker_settings()),
+        events=metrics.PrometheusQueueEvents(),
     )
     server = LiveServer(create_app(settings, backend))
     server.start()

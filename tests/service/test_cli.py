@@ -264,3 +264,21 @@ def test_training_commands_are_registered_only_where_training_is_installed(
     assert not names & {"prepare", "evaluate", "train", "release"}
     result = runner.invoke(serving_only, ["--help"])
     assert "pip install 'facesr[train]'" in " ".join(result.output.split())
+
+
+def test_without_the_model_runtime_the_help_says_how_to_get_it(
+    runner: CliRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An API-only install: the model commands are absent and `facesr worker` says what to install."""
+    from facesr.service import cli
+
+    monkeypatch.setattr(cli.importlib.util, "find_spec", lambda name: None if name == "torch" else object())
+    api_only = cli.build_app()
+    names = {command.name for command in api_only.registered_commands}
+    assert {"serve", "worker"} <= names
+    assert not names & {"enhance", "bench-model", "convert-official", "train"}
+    help_text = " ".join(runner.invoke(api_only, ["--help"]).output.split())
+    assert "pip install 'facesr[model]'" in help_text and "pip install 'facesr[train]'" in help_text
+    result = runner.invoke(api_only, ["worker", "--redis-url", "redis://127.0.0.1:1/0"])
+    assert result.exit_code == 2
+    assert "pip install 'facesr[model]'" in result.output

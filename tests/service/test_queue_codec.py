@@ -176,7 +176,7 @@ def test_warmup_sizes_cover_every_size_or_powers_of_two_plus_max() -> None:
     assert warmup_sizes(12, "pow2") == [1, 2, 4, 8, 12]
     assert warmup_sizes(8, "pow2") == [1, 2, 4, 8]
     with pytest.raises(ValueError, match="max_batch_size"):
-        warmup_sizes(0)
+        warmup_sizes(0, "all")
 
 
 # -- API-side deadlines and cancellation -------------------------------------------------------------
@@ -326,3 +326,38 @@ def test_malformed_landmark_fields_of_a_reply_are_codec_errors(landmarks: object
     frame = len(head).to_bytes(4, "big") + head + good[4 + head_len :]
     with pytest.raises(CodecError):
         decode_result(frame)
+
+
+def _reframe(frame: bytes, **changes: object) -> bytes:
+    """A reply frame with some header fields changed and the blobs kept."""
+    head_len = int.from_bytes(frame[:4], "big")
+    header = {**json.loads(frame[4 : 4 + head_len]), **changes}
+    head = json.dumps(header).encode()
+    return len(head).to_bytes(4, "big") + head + frame[4 + head_len :]
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"steps": 3},  # claims more step images than the frame carries
+        {"has_sr": False, "steps": None},  # one blob too many
+        {"error_kind": "exploded"},
+    ],
+)
+def test_reply_frames_whose_header_disagrees_with_their_content_are_refused(changes: dict) -> None:
+    frame = encode_result(JobResult(request_id="r", ok=True, sr_rgb=image(1), step_rgb=[image(2)]))
+    with pytest.raises(CodecError):
+        decode_result(_reframe(frame, **changes))
+
+
+@pytest.mark.parametrize("field", ["dl", "enq"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), "soon", True])
+def test_job_times_must_be_finite_numbers(field: str, value: object) -> None:
+    fields = encode_job(_job(), "api")
+    meta = json.loads(fields["meta"])
+    meta[field] = value
+    fields["meta"] = json.dumps(
+        meta
+    ).encode()  # json.dumps writes NaN and Infinity, as a foreign producer may
+    with pytest.raises(CodecError, match="finite"):
+        decode_job(fields)

@@ -15,7 +15,7 @@ from facesr.model.inference import FaceSR
 from facesr.service.queue import BackendUnavailable, Job, JobOptions, JobResult, QueueFull
 from facesr.service.queue.memory_backend import InProcessQueue
 from facesr.service.worker.loop import Worker
-from tests.service.conftest import worker_settings
+from tests.service.conftest import queue_settings, worker_settings
 
 MODEL = "tiny"
 
@@ -70,7 +70,9 @@ def metric(name: str) -> float:
 
 async def started_queue(engines: dict, max_queue: int = 64, **options) -> InProcessQueue:
     settings = worker_settings(**options)
-    queue = InProcessQueue(max_queue, lambda source: Worker(engines, source, settings))
+    queue = InProcessQueue(
+        queue_settings(max_queue=max_queue), lambda source: Worker(engines, source, settings)
+    )
     await queue.start()
     for _ in range(1000):
         if (await queue.status()).ready_workers == 1:

@@ -290,6 +290,36 @@ def test_non_finite_landmarks_fail_only_their_own_item(engine: FaceSR) -> None:
     assert "non-finite" in (results[1].error_message or "")
 
 
+class ShrunkenStepsOnWhite(WrappedEngine):
+    """Returns step images of the wrong size for all-white faces, real results otherwise."""
+
+    def enhance_tensor(self, lr: np.ndarray, *, return_steps: bool = False):
+        outputs = super().enhance_tensor(lr, return_steps=return_steps)
+        white = (lr.reshape(len(lr), -1) == 255).all(axis=1)
+        return [
+            dataclasses.replace(out, steps=[step[:64, :64] for step in out.steps]) if blank else out
+            for out, blank in zip(outputs, white, strict=True)
+        ]
+
+
+def test_output_images_of_the_wrong_size_fail_only_their_own_item(engine: FaceSR) -> None:
+    source = RecordingSource([])
+    worker = Worker({MODEL: ShrunkenStepsOnWhite(engine)}, source, worker_settings(max_batch_size=4))
+    batch = deliveries([face(10), np.full((16, 16, 3), 255, np.uint8), face(70)])
+    worker.process([replace_options(d, return_steps=True) for d in batch])
+
+    results = {d.handle: r for d, r in source.finished}
+    assert results[0].ok and results[2].ok and results[0].step_rgb is not None
+    assert not results[1].ok and results[1].error_kind == "internal"
+    assert "64" in (results[1].error_message or "")
+
+
+def replace_options(delivery: Delivery, **options: bool) -> Delivery:
+    assert delivery.job is not None
+    job = dataclasses.replace(delivery.job, options=dataclasses.replace(delivery.job.options, **options))
+    return dataclasses.replace(delivery, job=job)
+
+
 @pytest.mark.redis
 def test_stop_finishes_and_acknowledges_the_batch_in_hand(redis_url: str, engine: FaceSR) -> None:
     """What SIGTERM does: stop reading, finish the current batch, acknowledge it, return."""
