@@ -180,6 +180,7 @@ def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
             _stop(process)
 
 
+@pytest.mark.slow
 def test_serve_embedded_end_to_end(tiny_checkpoint: Path, tmp_path: Path, processes: list):
     port = _free_port()
     log = tmp_path / "serve.log"

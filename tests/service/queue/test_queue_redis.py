@@ -460,6 +460,7 @@ def test_the_reply_dispatcher_survives_an_unexpected_error(
     assert result.ok and result.model_id == "m-1"
 
 
+@pytest.mark.slow
 def test_one_worker_serves_several_models_without_mixing_them_in_a_batch(
     redis_url: str, prefix: str, engine: FaceSR
 ) -> None:

@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from facesr.service import metrics
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 
 # serving design, section 4 (names as Prometheus reports families: counters without "_total")
 API_FAMILIES = {

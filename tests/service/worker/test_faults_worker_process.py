@@ -33,7 +33,7 @@ from tests.service.conftest import queue_settings, worker_settings
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 MODEL = "tiny"
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")
