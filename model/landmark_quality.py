@@ -23,6 +23,13 @@ PASS_NRMSE = 0.09
 LandmarkStatus = Literal["passed", "failed", "unevaluated", "absent"]
 #: Every value a landmark verdict can take.
 LANDMARK_STATUSES: Final[frozenset[str]] = frozenset(get_args(LandmarkStatus))
+#: One sentence per verdict, without the numbers (each answer of the API carries one).
+STATUS_SUMMARIES: Final[dict[LandmarkStatus, str]] = {
+    "passed": "the model's landmarks passed evaluation on its test set",
+    "failed": "landmarks withheld: this model's landmarks failed evaluation on its test set",
+    "unevaluated": "this model's landmarks have not been evaluated on a test set; use them with care",
+    "absent": "this model has no landmark branch",
+}
 
 
 @dataclass(frozen=True)
@@ -53,9 +60,7 @@ class LandmarkQuality:
                 f"landmarks withheld: this model's landmarks failed evaluation on {self.test_set} "
                 f"(NRMSE {self.nrmse:.3f}, must be < {self.threshold})"
             )
-        if self.status == "absent":
-            return "this model has no landmark branch"
-        return "this model's landmarks have not been evaluated on a test set; use them with care"
+        return STATUS_SUMMARIES[self.status]
 
     def as_dict(self) -> dict[str, Any]:
         return {

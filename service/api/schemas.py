@@ -27,15 +27,6 @@ class LandmarkPoint(BaseModel):
     )
 
 
-LANDMARK_STATUS_MESSAGES: dict[LandmarkStatus, str] = {
-    "passed": "the model's landmarks passed evaluation on its test set (see GET /v1/models)",
-    "failed": "landmarks withheld: this model's landmarks failed evaluation on its test set "
-    "(see GET /v1/models)",
-    "unevaluated": "this model's landmarks have not been evaluated on a test set; use them with care",
-    "absent": "this model has no landmark branch",
-}
-
-
 class LandmarkQualityInfo(BaseModel):
     """Whether the serving model's landmarks can be trusted (from its model card)."""
 

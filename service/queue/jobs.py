@@ -16,16 +16,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Final, Literal
+from typing import Final, Literal, get_args
 
 import numpy as np
 
 from facesr.model.landmark_quality import LandmarkStatus
 
 ErrorKind = Literal["expired", "cancelled", "bad_input", "oom", "dead_letter", "internal"]
-ERROR_KINDS: Final[frozenset[str]] = frozenset(
-    {"expired", "cancelled", "bad_input", "oom", "dead_letter", "internal"}
-)
+ERROR_KINDS: Final[frozenset[str]] = frozenset(get_args(ErrorKind))
 
 
 @dataclass(frozen=True)
@@ -53,8 +51,13 @@ class Job:
 
     def expired_result(self, where: str, now: float | None = None) -> JobResult:
         """The ``expired`` answer for this job; ``where`` says at which point the deadline was found past."""
-        late = (time.time() if now is None else now) - self.deadline
-        return JobResult.failure(self.request_id, "expired", f"deadline passed {max(late, 0):.3f} s {where}")
+        return expired_result(self.request_id, self.deadline, where, now)
+
+
+def expired_result(request_id: str, deadline: float, where: str, now: float | None = None) -> JobResult:
+    """The ``expired`` answer to a job whose ``deadline`` passed; ``where`` says where it was noticed."""
+    late = (time.time() if now is None else now) - deadline
+    return JobResult.failure(request_id, "expired", f"deadline passed {max(late, 0):.3f} s {where}")
 
 
 @dataclass(frozen=True)

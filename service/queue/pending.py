@@ -12,7 +12,7 @@ import asyncio
 import time
 from collections.abc import Callable
 
-from facesr.service.queue.jobs import JobResult
+from facesr.service.queue.jobs import JobResult, expired_result
 
 # Grace after the deadline before the API gives up on its own: lets a reply that is already on the wire win.
 DEADLINE_GRACE_S = 0.02
@@ -41,7 +41,7 @@ class PendingReplies:
         self._futures[request_id] = future
         if deadline != float("inf"):
             delay = max(0.0, deadline - time.time()) + DEADLINE_GRACE_S
-            self._timers[request_id] = loop.call_later(delay, self._expire, request_id)
+            self._timers[request_id] = loop.call_later(delay, self._expire, request_id, deadline)
         future.add_done_callback(lambda f: self._on_done(request_id, f))
         return future
 
@@ -69,13 +69,11 @@ class PendingReplies:
             future.exception()
         return len(waiting)
 
-    def _expire(self, request_id: str) -> None:
+    def _expire(self, request_id: str, deadline: float) -> None:
         self._timers.pop(request_id, None)
         future = self._futures.get(request_id)
         if future is not None and not future.done():
-            future.set_result(
-                JobResult.failure(request_id, "expired", "deadline passed before the job was answered")
-            )
+            future.set_result(expired_result(request_id, deadline, "before the job was answered"))
             self._on_abandon(request_id)
 
     def _on_done(self, request_id: str, future: asyncio.Future[JobResult]) -> None:

@@ -17,7 +17,7 @@ from typing import Annotated
 from fastapi import APIRouter, File, Request, Response, UploadFile
 from fastapi.responses import JSONResponse
 
-from facesr.model.landmark_quality import LandmarkStatus
+from facesr.model.landmark_quality import STATUS_SUMMARIES, LandmarkStatus
 from facesr.service.api.deps import Options, RequestDeadline, Service
 from facesr.service.api.middleware import count_problem
 from facesr.service.api.negotiation import Representation, negotiate
@@ -29,7 +29,6 @@ from facesr.service.api.pipeline import (
     run_jobs,
 )
 from facesr.service.api.schemas import (
-    LANDMARK_STATUS_MESSAGES,
     BatchItem,
     BatchResponse,
     ItemProblem,
@@ -85,7 +84,10 @@ def _landmark_points(landmarks: list[list[float]] | None) -> list[LandmarkPoint]
 def _landmark_quality(status: LandmarkStatus | None) -> LandmarkQualityInfo | None:
     if status is None:
         return None
-    return LandmarkQualityInfo(status=status, message=LANDMARK_STATUS_MESSAGES[status])
+    summary = STATUS_SUMMARIES[status]
+    if status in ("passed", "failed"):
+        summary += " (see GET /v1/models)"  # where the numbers are
+    return LandmarkQualityInfo(status=status, message=summary)
 
 
 def _json_body(face: EncodedFace, request_id: str, model: str, timings: PhaseTimings) -> SuperResolved:
