@@ -100,6 +100,13 @@ REDELIVERED = Counter(
 DEAD_LETTERED = Counter(
     "facesr_dead_lettered_total", "Jobs moved to the dead-letter stream after too many deliveries."
 )
+# Exposed by every process: workers read job entries, API processes read heartbeats and replies.
+MALFORMED_REDIS_DATA = Counter(
+    "facesr_malformed_redis_data_total",
+    "Values read back from Redis that could not be decoded and were set aside, by kind: job (stream entry, "
+    "dead-lettered), heartbeat (ignored), reply (dropped).",
+    ["kind"],
+)
 EXPIRED = Counter("facesr_expired_total", "Jobs skipped by a worker because their deadline had passed.")
 CANCELLED = Counter("facesr_cancelled_total", "Jobs skipped by a worker because their caller went away.")
 ITEM_ERRORS = Counter(
@@ -271,3 +278,6 @@ class PrometheusQueueEvents(QueueEvents):
 
     def dead_lettered(self, count: int) -> None:
         DEAD_LETTERED.inc(count)
+
+    def malformed(self, kind: str) -> None:
+        MALFORMED_REDIS_DATA.labels(kind=kind).inc()

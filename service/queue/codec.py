@@ -24,22 +24,43 @@ import json
 import math
 import struct
 from collections.abc import Mapping
+from dataclasses import asdict
 from typing import Any, Final, cast
 
 import numpy as np
 
 from facesr.model.landmark_quality import LANDMARK_STATUSES, LandmarkStatus
+from facesr.service.queue import wire
 from facesr.service.queue.jobs import ERROR_KINDS, Job, JobOptions, JobResult
+from facesr.service.queue.source import WorkerInfo
+from facesr.service.queue.wire import CodecError
+
+__all__ = [
+    "CodecError",
+    "decode_heartbeat",
+    "decode_job",
+    "decode_result",
+    "encode_heartbeat",
+    "encode_job",
+    "encode_result",
+    "peek_routing",
+]
 
 VERSION: Final = 1
 _HEADER_LEN = struct.Struct(">I")
-MAX_HEADER_BYTES: Final = 1 << 20
 #: Largest image side a job or reply may declare (models take 16 px and give 128 px; far above both).
 MAX_IMAGE_SIDE: Final = 4096
-
-
-class CodecError(ValueError):
-    """A stream entry or reply frame that cannot be decoded."""
+#: Size bounds of what is read back (each well above what this code writes: metadata about 150 bytes,
+#: a reply header with 68 landmarks about 4 KiB, a heartbeat with one model card about 8 KiB).
+MAX_REQUEST_ID: Final = 256
+MAX_META_BYTES: Final = 4_096
+MAX_HEADER_BYTES: Final = 64 * 1024
+MAX_HEARTBEAT_BYTES: Final = 512 * 1024
+MAX_IMAGE_BYTES: Final = MAX_IMAGE_SIDE * MAX_IMAGE_SIDE * 3
+MAX_STEPS: Final = 64
+MAX_MODELS: Final = 64
+#: Times read from the wire (``time.time()`` seconds) must lie between 2001 and 2286.
+EARLIEST_TIME, LATEST_TIME = 1e9, 1e10
 
 
 def encode_job(job: Job, reply_to: str) -> dict[str, bytes]:
@@ -69,14 +90,10 @@ def _rgb_shape(image: np.ndarray) -> tuple[int, int]:
 
 def _declared_shape(value: Any) -> tuple[int, int]:
     """An [H, W] read from the wire, checked before any array is made from it."""
-    if (
-        not isinstance(value, list)
-        or len(value) != 2
-        or not all(isinstance(side, int) and not isinstance(side, bool) for side in value)
-        or not all(1 <= side <= MAX_IMAGE_SIDE for side in value)
-    ):
-        raise CodecError(f"image shape must be [H, W] with sides in 1..{MAX_IMAGE_SIDE}, got {value!r:.40}")
-    return value[0], value[1]
+    if not isinstance(value, list) or len(value) != 2:
+        raise CodecError(f"image shape must be [H, W] with sides in 1..{MAX_IMAGE_SIDE}")
+    height, width = (wire.integer(side, "image side", low=1, high=MAX_IMAGE_SIDE) for side in value)
+    return height, width
 
 
 def _image(data: bytes, shape: tuple[int, int]) -> np.ndarray:
@@ -89,49 +106,56 @@ def _image(data: bytes, shape: tuple[int, int]) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8).reshape(height, width, 3).copy()
 
 
-def _field(fields: Mapping[Any, Any], name: str) -> bytes:
-    value = fields.get(name.encode(), fields.get(name))
-    if value is None:
-        raise CodecError(f"job entry has no {name!r} field")
-    return value if isinstance(value, bytes) else str(value).encode()
-
-
 def peek_routing(fields: Mapping[Any, Any]) -> tuple[str | None, str | None]:
     """(request id, reply-to) of an entry, as far as they can be read, for error replies to bad entries."""
-    out: list[str | None] = []
-    for name in ("rid", "reply"):
+    routing: list[str | None] = []
+    for key, read in (("rid", _request_id), ("reply", lambda v: wire.name(v, "reply address"))):
         try:
-            out.append(_field(fields, name).decode())
-        except (CodecError, UnicodeDecodeError):
-            out.append(None)
-    return out[0], out[1]
+            routing.append(read(wire.field(fields, key, what="job entry", max_bytes=MAX_REQUEST_ID)))
+        except CodecError:
+            routing.append(None)
+    return routing[0], routing[1]
+
+
+def _request_id(value: Any) -> str:
+    return wire.text(value, "request id", max_length=MAX_REQUEST_ID)
 
 
 def decode_job(fields: Mapping[Any, Any]) -> tuple[Job, str]:
-    """(job, reply_to) from a stream entry's field map; the input's size is checked by the worker."""
+    """(job, reply_to) from a stream entry's field map. Raises :class:`CodecError` and nothing else.
+
+    The input's size against the model is checked by the worker; here only against its declared shape.
+    """
+    what = "job entry"
     try:
-        rid = _field(fields, "rid").decode()
-        model = _field(fields, "model").decode()
-        reply_to = _field(fields, "reply").decode()
-        meta = json.loads(_field(fields, "meta"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CodecError(f"job entry is not valid UTF-8/JSON: {exc}") from exc
-    if not isinstance(meta, dict) or meta.get("v") != VERSION:
-        raise CodecError(f"job entry has an unsupported metadata version: {meta!r:.80}")
-    opts = meta.get("opts") or {}
-    try:
-        options = JobOptions(return_steps=bool(opts["return_steps"]), landmarks=bool(opts["landmarks"]))
-        deadline = math.inf if meta["dl"] is None else _finite_time(meta["dl"], "deadline")
-        job = Job(
-            request_id=rid,
-            model=model,
-            lr_rgb=_image(_field(fields, "lr"), _declared_shape(meta.get("shape"))),
-            options=options,
-            enqueued_at=_finite_time(meta["enq"], "enqueue time"),
-            deadline=deadline,
+        rid = _request_id(wire.field(fields, "rid", what=what, max_bytes=MAX_REQUEST_ID))
+        model = wire.name(wire.field(fields, "model", what=what, max_bytes=200), "model name")
+        reply_to = wire.name(wire.field(fields, "reply", what=what, max_bytes=200), "reply address")
+        raw_meta = wire.field(fields, "meta", what=what, max_bytes=MAX_META_BYTES)
+        meta = wire.mapping(
+            wire.load_json(raw_meta, what="metadata", max_bytes=MAX_META_BYTES), "metadata", max_items=16
         )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CodecError(f"job entry metadata is incomplete: {exc!r}") from exc
+        if meta.get("v") != VERSION:
+            raise CodecError(f"job metadata version must be {VERSION}")
+        opts = wire.mapping(meta.get("opts"), "job options", max_items=8)
+        options = JobOptions(
+            return_steps=wire.boolean(opts.get("return_steps"), "option return_steps"),
+            landmarks=wire.boolean(opts.get("landmarks"), "option landmarks"),
+        )
+        enqueued_at = wire.number(meta.get("enq"), "enqueue time", low=EARLIEST_TIME, high=LATEST_TIME)
+        deadline = math.inf
+        if meta.get("dl") is not None:
+            deadline = wire.number(meta["dl"], "deadline", low=EARLIEST_TIME, high=LATEST_TIME)
+        lr = _image(
+            wire.field(fields, "lr", what=what, max_bytes=MAX_IMAGE_BYTES), _declared_shape(meta.get("shape"))
+        )
+    except CodecError:
+        raise
+    except Exception as error:  # a reader missed a case: still a bad entry, never a crash
+        raise CodecError(f"job entry could not be read ({type(error).__name__})") from error
+    job = Job(
+        request_id=rid, model=model, lr_rgb=lr, options=options, enqueued_at=enqueued_at, deadline=deadline
+    )
     return job, reply_to
 
 
@@ -198,50 +222,106 @@ def _error_kind(value: Any) -> str | None:
     raise CodecError(f"reply error_kind is not one of {', '.join(sorted(ERROR_KINDS))}")
 
 
-def _finite_time(value: Any, name: str) -> float:
-    """A time read from the wire: a finite number (NaN would never expire; infinity is spelt null)."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise CodecError(f"job entry {name} must be a finite number, got {value!r:.40}")
-    return float(value)
-
-
-def decode_result(frame: bytes) -> JobResult:
-    """Inverse of :func:`encode_result`; checks that the blob lengths add up."""
+def decode_result(frame: object) -> JobResult:
+    """Inverse of :func:`encode_result`. Raises :class:`CodecError` and nothing else."""
+    if not isinstance(frame, bytes):
+        raise CodecError("reply frame is not bytes")
     if len(frame) < _HEADER_LEN.size:
         raise CodecError("reply frame is shorter than its length prefix")
     (head_len,) = _HEADER_LEN.unpack_from(frame)
     if head_len > MAX_HEADER_BYTES or _HEADER_LEN.size + head_len > len(frame):
         raise CodecError(f"reply frame header length {head_len} does not fit the frame")
     try:
-        header = json.loads(frame[_HEADER_LEN.size : _HEADER_LEN.size + head_len])
-        sizes = [int(n) for n in header["blobs"]]
-        offset = _HEADER_LEN.size + head_len
-        if offset + sum(sizes) != len(frame) or any(n < 0 for n in sizes):
-            raise CodecError("reply frame blob lengths do not add up")
-        blobs = []
-        for n in sizes:
-            blobs.append(frame[offset : offset + n])
-            offset += n
-        step_count = None if header["steps"] is None else int(header["steps"])
-        if len(blobs) != int(bool(header["has_sr"])) + (step_count or 0):
-            raise CodecError("reply frame blob count does not match its images")
-        images = [_image(blob, _declared_shape(header["shape"])) for blob in blobs] if blobs else []
-        sr = images.pop(0) if header["has_sr"] else None
-        steps = None if step_count is None else images
-        return JobResult(
-            request_id=str(header["rid"]),
-            ok=bool(header["ok"]),
-            sr_rgb=sr,
-            step_rgb=steps,
-            landmarks=_landmarks(header["landmarks"]),
-            landmark_status=_landmark_status(header.get("landmark_status")),
-            model_id=header["model_id"],
-            worker_id=header["worker_id"],
-            timings={str(k): float(v) for k, v in (header["timings"] or {}).items()},
-            error_kind=_error_kind(header["error_kind"]),
-            error_message=header["error_message"],
+        return _decode_result(frame, head_len)
+    except CodecError:
+        raise
+    except Exception as error:  # a reader missed a case: still a bad frame, never a crash
+        raise CodecError(f"reply frame could not be read ({type(error).__name__})") from error
+
+
+def _decode_result(frame: bytes, head_len: int) -> JobResult:
+    header = wire.mapping(
+        wire.load_json(
+            frame[_HEADER_LEN.size : _HEADER_LEN.size + head_len], what="reply header", max_bytes=head_len
+        ),
+        "reply header",
+        max_items=32,
+    )
+    declared = header.get("blobs")
+    if not isinstance(declared, list) or len(declared) > MAX_STEPS + 1:
+        raise CodecError(f"reply blobs must be a list of at most {MAX_STEPS + 1} lengths")
+    sizes = [wire.integer(n, "blob length", low=0, high=MAX_IMAGE_BYTES) for n in declared]
+    offset = _HEADER_LEN.size + head_len
+    if offset + sum(sizes) != len(frame):
+        raise CodecError("reply frame blob lengths do not add up")
+    blobs = []
+    for size in sizes:
+        blobs.append(frame[offset : offset + size])
+        offset += size
+    has_sr = wire.boolean(header.get("has_sr"), "has_sr")
+    steps_declared = header.get("steps")
+    step_count = (
+        None if steps_declared is None else wire.integer(steps_declared, "steps", low=0, high=MAX_STEPS)
+    )
+    if len(blobs) != int(has_sr) + (step_count or 0):
+        raise CodecError("reply frame blob count does not match its images")
+    images = [_image(blob, _declared_shape(header.get("shape"))) for blob in blobs] if blobs else []
+    timings = wire.mapping(header.get("timings") or {}, "timings", max_items=32)
+    return JobResult(
+        request_id=_request_id(header.get("rid")),
+        ok=wire.boolean(header.get("ok"), "ok"),
+        sr_rgb=images.pop(0) if has_sr else None,
+        step_rgb=None if step_count is None else images,
+        landmarks=_landmarks(header.get("landmarks")),
+        landmark_status=_landmark_status(header.get("landmark_status")),
+        model_id=wire.optional_text(header.get("model_id"), "model id", max_length=256),
+        worker_id=wire.optional_text(header.get("worker_id"), "worker id", max_length=256),
+        timings={
+            wire.text(key, "timing name", max_length=64): wire.number(value, "timing", low=0.0, high=1e9)
+            for key, value in timings.items()
+        },
+        error_kind=_error_kind(header.get("error_kind")),
+        error_message=wire.optional_text(header.get("error_message"), "error message"),
+    )
+
+
+def encode_heartbeat(info: WorkerInfo) -> bytes:
+    """A worker's heartbeat as stored under its key: JSON of :class:`WorkerInfo`."""
+    return json.dumps(asdict(info), separators=(",", ":")).encode()
+
+
+def decode_heartbeat(payload: object) -> WorkerInfo:
+    """A heartbeat read back from Redis. Raises :class:`CodecError` and nothing else.
+
+    Model cards are kept as JSON objects (they are shown by GET /v1/models), with their ``model_id``, when
+    present, a string.
+    """
+    try:
+        data = wire.mapping(
+            wire.load_json(payload, what="heartbeat", max_bytes=MAX_HEARTBEAT_BYTES),
+            "heartbeat",
+            max_items=32,
+        )
+        models: dict[str, dict[str, Any]] = {}
+        for model, card in wire.mapping(
+            data.get("models") or {}, "heartbeat models", max_items=MAX_MODELS
+        ).items():
+            card = wire.mapping(card, "model card")
+            wire.optional_text(card.get("model_id"), "model id", max_length=256)
+            models[wire.name(model, "model name")] = card
+        return WorkerInfo(
+            worker_id=wire.name(data.get("worker_id"), "worker id"),
+            ready=wire.boolean(data.get("ready"), "ready"),
+            models=models,
+            max_batch_size=wire.integer(data.get("max_batch_size", 1), "max_batch_size", low=1, high=1 << 20),
+            throughput=wire.number(data.get("throughput", 0.0), "throughput", low=0.0, high=1e9),
+            batches=wire.integer(data.get("batches", 0), "batches", low=0, high=1 << 62),
+            inferences=wire.integer(data.get("inferences", 0), "inferences", low=0, high=1 << 62),
+            started_at=wire.number(data.get("started_at", 0.0), "started_at", low=0.0, high=LATEST_TIME),
+            host=wire.optional_text(data.get("host") or None, "host", max_length=256) or "",
+            pid=wire.integer(data.get("pid", 0), "pid", low=0, high=1 << 31),
         )
     except CodecError:
         raise
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError, IndexError) as exc:
-        raise CodecError(f"malformed reply frame: {exc!r}") from exc
+    except Exception as error:  # a reader missed a case: still a bad heartbeat, never a crash
+        raise CodecError(f"heartbeat could not be read ({type(error).__name__})") from error

@@ -19,6 +19,10 @@ class QueueEvents:
     def dead_lettered(self, count: int) -> None:
         """``count`` jobs exceeded their delivery limit and were moved to the dead-letter stream."""
 
+    def malformed(self, kind: str) -> None:
+        """A value read back from Redis could not be decoded and was set aside; ``kind`` is "job" (a stream
+        entry, dead-lettered), "heartbeat" (ignored) or "reply" (dropped)."""
+
 
 #: The default: nothing is counted.
 SILENT = QueueEvents()

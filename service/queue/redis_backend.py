@@ -20,7 +20,6 @@ probes it with a short PING every ``UNREACHABLE_RECHECK_S``.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import secrets
@@ -32,14 +31,16 @@ import redis.asyncio as aredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
+from facesr.service.queue import wire
 from facesr.service.queue.backoff import Backoff
 from facesr.service.queue.base import BackendStatus, BackendUnavailable, QueueFull
-from facesr.service.queue.codec import CodecError, decode_result, encode_job
+from facesr.service.queue.codec import CodecError, decode_heartbeat, decode_result, encode_job
 from facesr.service.queue.events import SILENT, QueueEvents
 from facesr.service.queue.jobs import Job, JobResult
 from facesr.service.queue.keys import GROUP, Keys, check_name
 from facesr.service.queue.pending import PendingReplies, resolved_future
 from facesr.service.queue.settings import QueueSettings
+from facesr.service.queue.source import WorkerInfo
 
 log = logging.getLogger(__name__)
 
@@ -192,10 +193,10 @@ class RedisQueue:
             return BackendStatus(False, 0, {}, 0, str(exc))
         try:
             workers = await self._workers(client)
-            ready = [w for w in workers if w.get("ready")]
+            ready = [w for w in workers if w.ready]
             models: dict[str, dict] = {}
             for worker in ready:
-                for name, card in (worker.get("models") or {}).items():
+                for name, card in worker.models.items():
                     entry = models.setdefault(name, {**card, "workers": 0})
                     entry["workers"] += 1
             streams = sorted({*models, *self._models_seen})
@@ -208,7 +209,7 @@ class RedisQueue:
         except redis.RedisError as exc:
             self._note_failure(exc)
             return BackendStatus(False, 0, {}, 0, f"redis unreachable: {self._describe(exc)}")
-        self._throughput = (sum(float(w.get("throughput") or 0.0) for w in ready), time.monotonic())
+        self._throughput = (sum(w.throughput for w in ready), time.monotonic())
         warming = len(workers) - len(ready)
         detail = f"{len(ready)} worker(s) ready" + (f", {warming} warming up" if warming else "")
         return BackendStatus(True, len(ready), models, depth, detail)
@@ -250,8 +251,8 @@ class RedisQueue:
     def _describe(self, exc: BaseException) -> str:
         return f"redis at {self.url.split('@')[-1]}: {type(exc).__name__}: {exc}"
 
-    async def _workers(self, client: aredis.Redis) -> list[dict[str, Any]]:
-        """Heartbeats of workers whose heartbeat has not expired."""
+    async def _workers(self, client: aredis.Redis) -> list[WorkerInfo]:
+        """Heartbeats of workers whose heartbeat has not expired; malformed ones are ignored and counted."""
         now = time.time()
         pipe = client.pipeline(transaction=False)
         pipe.zremrangebyscore(self.keys.workers, "-inf", now)
@@ -259,16 +260,27 @@ class RedisQueue:
         _, ids = await pipe.execute()
         if not ids:
             return []
-        payloads = await client.mget([self.keys.heartbeat(w.decode()) for w in ids])
+        names = []
+        for worker_id in ids:
+            try:
+                names.append(self.keys.heartbeat(wire.name(worker_id, "worker id")))
+            except (CodecError, ValueError):
+                self._malformed("heartbeat", "a worker id that is not a valid key name")
+        payloads = await client.mget(names) if names else []
         workers = []
         for payload in payloads:
             if payload is None:
                 continue
             try:
-                workers.append(json.loads(payload))
-            except json.JSONDecodeError:
-                log.warning("ignoring a malformed worker heartbeat")
+                workers.append(decode_heartbeat(payload))
+            except CodecError as error:
+                self._malformed("heartbeat", str(error))
         return workers
+
+    def _malformed(self, kind: str, reason: str) -> None:
+        """Set a value read from Redis aside: counted, logged (at most a line of it), never raised."""
+        self.events.malformed(kind)
+        log.warning("ignoring a malformed %s read from redis: %.200s", kind, reason)
 
     async def _retry_after(self, depth: int) -> float:
         """Seconds for the ready workers to work through ``depth`` jobs: 1 s when unknown, else 0.5-60 s."""
@@ -311,9 +323,13 @@ class RedisQueue:
                 backoff.reset()
             except Exception as exc:
                 # Anything, not only RedisError: if this task ended, every later request would wait for
-                # its deadline while /readyz stays green. Replies popped in flight may be lost, so the
-                # waiting callers are released with a 503 rather than left to time out.
-                failed = self._pending.fail_all(BackendUnavailable(f"lost the queue: {self._describe(exc)}"))
+                # its deadline while /readyz stays green. A read that timed out (Redis frozen, not gone)
+                # loses nothing: the replies wait in the list, so the callers keep waiting, within their
+                # deadlines, for Redis to thaw. A lost connection may have lost replies popped in flight,
+                # so then the waiting callers are released with a 503 rather than left to time out.
+                failed = 0
+                if not isinstance(exc, redis.TimeoutError | TimeoutError):
+                    failed = self._pending.fail_all(BackendUnavailable("lost the connection to the queue"))
                 delay = backoff.next()
                 log.warning(
                     "reply listener: %s; failed %d waiting job(s); retrying in %.2f s",
@@ -326,15 +342,10 @@ class RedisQueue:
 
     def _deliver(self, frame: object) -> None:
         assert self._pending is not None
-        if not isinstance(
-            frame, bytes
-        ):  # replies are binary frames; anything else was not pushed by a worker
-            log.error("dropping a reply that is not a binary frame (%s)", type(frame).__name__)
-            return
         try:
             result = decode_result(frame)
         except CodecError as exc:
-            log.error("dropping a malformed reply: %s", exc)
+            self._malformed("reply", str(exc))
             return
         if not self._pending.resolve(result):
             self.late_replies += 1

@@ -18,14 +18,12 @@ its consumer groups if Redis came back empty.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict
 from functools import partial
 from typing import Any
 
@@ -35,7 +33,7 @@ from redis.retry import Retry
 
 from facesr.service.queue.base import BackendUnavailable
 from facesr.service.queue.batching import FIRST_READ_BLOCK_S, collect_batch
-from facesr.service.queue.codec import CodecError, decode_job, encode_result, peek_routing
+from facesr.service.queue.codec import CodecError, decode_job, encode_heartbeat, encode_result, peek_routing
 from facesr.service.queue.events import SILENT, QueueEvents
 from facesr.service.queue.jobs import JobResult
 from facesr.service.queue.keys import GROUP, Keys
@@ -312,6 +310,8 @@ class RedisJobSource:
         with self._errors():
             pipe = self.client.pipeline(transaction=False)
             for delivery, result in answered:
+                if delivery.job is None:
+                    self._queue_dead_letter_malformed(pipe, delivery)
                 if delivery.reply_to and delivery.request_id:
                     reply_key = self.keys.reply(delivery.reply_to)
                     pipe.rpush(reply_key, _encode_or_fail(result))
@@ -320,6 +320,21 @@ class RedisJobSource:
                     log.warning("entry %s has no reply address; acknowledged unanswered", delivery.handle)
             self._queue_ack(pipe, [d.handle for d, _ in answered])
             pipe.execute()
+
+    def _queue_dead_letter_malformed(self, pipe: Any, delivery: Delivery) -> None:
+        """A stream entry that could not be decoded goes to the dead-letter stream with the reason, on first
+        sight (it would fail the same way on every delivery); its caller, when known, is answered."""
+        stream, entry_id = delivery.handle
+        record = {
+            "stream": stream,
+            "entry_id": entry_id,
+            "reason": (delivery.error or "malformed entry")[:500],
+            "rid": delivery.request_id or "",
+            "at": time.time(),
+        }
+        pipe.xadd(self.keys.dead, record, maxlen=self.dead_letter_maxlen, approximate=True)
+        self.events.malformed("job")
+        log.error("dead-lettered malformed entry %s on %s: %s", entry_id, stream, record["reason"])
 
     def _ack(self, handles: Sequence[Handle]) -> None:
         pipe = self.client.pipeline(transaction=False)
@@ -464,7 +479,7 @@ class RedisJobSource:
 
     # -- liveness ------------------------------------------------------------------------------------
     def heartbeat(self, info: WorkerInfo, ttl_s: float) -> None:
-        payload = json.dumps(asdict(info), separators=(",", ":"))
+        payload = encode_heartbeat(info)
         expires = time.time() + ttl_s
         with self._errors():
             pipe = self.client.pipeline(transaction=False)

@@ -359,5 +359,5 @@ def test_job_times_must_be_finite_numbers(field: str, value: object) -> None:
     fields["meta"] = json.dumps(
         meta
     ).encode()  # json.dumps writes NaN and Infinity, as a foreign producer may
-    with pytest.raises(CodecError, match="finite"):
+    with pytest.raises(CodecError, match=r"number|time"):
         decode_job(fields)

@@ -9,7 +9,6 @@ import asyncio
 import signal
 import threading
 import time
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 
@@ -29,19 +28,9 @@ from facesr.service.queue.redis_backend import RedisQueue
 from facesr.service.queue.redis_source import RedisJobSource
 from facesr.service.worker.loop import Worker
 from tests.service.conftest import queue_settings, worker_settings
+from tests.service.queue.conftest import MODEL
 
 pytestmark = pytest.mark.redis
-MODEL = "tiny"
-
-
-@pytest.fixture(scope="module")
-def engine() -> FaceSR:
-    return FaceSR.from_config(DICConfig.tiny(), name=MODEL)
-
-
-@pytest.fixture
-def prefix() -> str:
-    return f"t{uuid.uuid4().hex[:10]}"
 
 
 def face(colour: int) -> np.ndarray:
