@@ -8,18 +8,24 @@ and exit status 2.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import importlib.util
+import json
 import logging
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal, cast
 
+import h11
 import typer
 from pydantic import SecretStr, ValidationError
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from facesr.service.settings import (
     ENV_PREFIX,
@@ -53,6 +59,146 @@ WaitOption = Annotated[
     typer.Option("--max-wait-ms", help="Wait for a fuller batch, ms [env FACESR_MAX_WAIT_MS]."),
 ]
 LogLevelOption = Annotated[str | None, typer.Option(help="Log level [env FACESR_LOG_LEVEL].")]
+
+
+# -- HTTP limits ------------------------------------------------------------------------------------------
+# `facesr serve` always runs uvicorn's h11 implementation: it is the one that honours a cap on the request
+# head (`h11_max_incomplete_event_size`). The httptools one (uvicorn's default when httptools is installed)
+# has no size limit and buffered three 64 MiB headers to answer 200. What uvicorn does not offer (a
+# time limit before the first request, a time limit on a request's head and body, a header count) is
+# added by `LimitedH11Protocol` below.
+@dataclass(frozen=True)
+class HttpLimits:
+    """The limits `LimitedH11Protocol` adds to uvicorn's own options (picklable: uvicorn's worker
+    processes are spawned with the protocol factory)."""
+
+    max_headers: int
+    header_timeout_s: float
+    body_timeout_s: float
+
+
+class _HeaderCountLimit:
+    """ASGI wrapper: a request with more than `max_headers` header fields gets a 431 problem document
+    (and the connection closed) without reaching the app."""
+
+    def __init__(self, app: Any, max_headers: int) -> None:
+        self.app = app
+        self.max_headers = max_headers
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or len(scope["headers"]) <= self.max_headers:
+            await self.app(scope, receive, send)
+            return
+        body = json.dumps(
+            {
+                "type": "urn:facesr:problem:too-many-headers",
+                "title": "Request Header Fields Too Large",
+                "status": 431,
+                "detail": f"more than {self.max_headers} header fields",
+                "instance": scope["path"],
+            }
+        ).encode()
+        headers = [
+            (b"content-type", b"application/problem+json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close"),
+        ]
+        await send({"type": "http.response.start", "status": 431, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+class LimitedH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol with time limits on every part of a connection's life, and a header count.
+
+    - Idle: a new connection gets uvicorn's keep-alive timer at once (uvicorn arms it only after a
+      response, so a connection that never sends a byte was held for good).
+    - Head: once a request's first byte is in, its request line and headers must be complete within
+      `header_timeout_s` (slowloris).
+    - Body: once the head is in, the body must be complete within `body_timeout_s` (slow uploads).
+
+    A connection over a limit is closed; a request already running in the app then sees a disconnect.
+    Relies on H11Protocol's `conn` (the h11.Connection), `transport` and keep-alive timer, which
+    tests/service/api/test_http_limits.py exercises against the installed uvicorn.
+    """
+
+    def __init__(
+        self,
+        config: Any,
+        server_state: Any,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+        *,
+        limits: HttpLimits,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        self.app = _HeaderCountLimit(self.app, limits.max_headers)
+        self._limits = limits
+        self._phase: Literal["head", "body"] | None = None
+        self._phase_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self.timeout_keep_alive_task = self.loop.call_later(
+            self.timeout_keep_alive, self.timeout_keep_alive_handler
+        )
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._enter(None)
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        self._follow_request()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._follow_request()
+
+    def _follow_request(self) -> None:
+        """Time the part of the request now being received: its head, its body, or nothing."""
+        state = self.conn.their_state
+        if self.transport.is_closing():
+            self._enter(None)
+        elif state is h11.SEND_BODY:
+            self._enter("body")
+        elif state is h11.IDLE and self.conn.trailing_data[0]:
+            self._enter("head")  # part of a request line or headers is buffered
+        else:
+            self._enter(None)
+
+    def _enter(self, phase: Literal["head", "body"] | None) -> None:
+        if phase == self._phase:
+            return  # the deadline runs from the start of the phase
+        if self._phase_timer is not None:
+            self._phase_timer.cancel()
+            self._phase_timer = None
+        self._phase = phase
+        if phase is not None:
+            limit = self._limits.header_timeout_s if phase == "head" else self._limits.body_timeout_s
+            self._phase_timer = self.loop.call_later(limit, self._phase_timed_out, phase, limit)
+
+    def _phase_timed_out(self, phase: str, limit: float) -> None:
+        self._phase_timer = None
+        if not self.transport.is_closing():
+            client = f"{self.client[0]}:{self.client[1]} " if self.client else ""
+            self.logger.info("%sclosed: the request %s took longer than %g s", client, phase, limit)
+            self.transport.close()
+
+
+def uvicorn_http_options(settings: ServiceSettings) -> dict[str, Any]:
+    """The uvicorn options that enforce the FACESR_HTTP_* limits (for `uvicorn.run` or `uvicorn.Config`)."""
+    limits = HttpLimits(
+        max_headers=settings.http_max_headers,
+        header_timeout_s=settings.http_header_timeout_s,
+        body_timeout_s=settings.http_body_timeout_s,
+    )
+    return {
+        # uvicorn accepts a protocol class; a partial of one builds the same protocol with the limits.
+        "http": cast("type[asyncio.Protocol]", functools.partial(LimitedH11Protocol, limits=limits)),
+        "h11_max_incomplete_event_size": settings.http_max_header_bytes,
+        "timeout_keep_alive": settings.http_keepalive_timeout_s,
+        "limit_concurrency": settings.http_max_connections,
+    }
 
 
 def load_settings(**overrides: Any) -> ServiceSettings:
@@ -156,6 +302,7 @@ def serve(
         "host": settings.host,
         "port": settings.port,
         "log_level": settings.log_level,
+        **uvicorn_http_options(settings),
     }
     if settings.workers > 1:
         export_settings(settings)

@@ -15,6 +15,7 @@ Pixel conventions: results are 128 x 128 x 3 uint8 RGB arrays, row-major HWC.
 from __future__ import annotations
 
 import io
+import logging
 import warnings
 from dataclasses import dataclass
 from typing import Final, Literal
@@ -29,6 +30,8 @@ from facesr.service.errors import (
     UndecodableImageError,
     UnsupportedMediaTypeError,
 )
+
+log = logging.getLogger(__name__)
 
 OutputFormat = Literal["png", "jpeg", "webp"]
 
@@ -98,13 +101,15 @@ def read_header(data: bytes, max_pixels: int) -> ImageHeader:
     try:
         image = _open_header(data, ACCEPTED_FORMATS)
     except Image.DecompressionBombError as error:
+        _log_decoder_error("header", error)
         raise ImageTooLargeError(
-            f"the image header announces far more pixels than the limit of {max_pixels} ({error})"
+            f"the image header announces far more pixels than the limit of {max_pixels}"
         ) from error
     except UnidentifiedImageError:
         raise _unidentified(data) from None
     except Exception as error:
-        raise UndecodableImageError(f"the image header is corrupt: {_describe(error)}") from error
+        _log_decoder_error("header", error)
+        raise UndecodableImageError("the image header is incomplete or corrupt") from error
     with image:
         width, height = image.size
         header = ImageHeader(format=str(image.format), width=width, height=height)
@@ -130,9 +135,15 @@ def _unidentified(data: bytes) -> UnsupportedMediaTypeError | UndecodableImageEr
     return UndecodableImageError("the upload is not a PNG, JPEG, WebP or BMP image")
 
 
-def _describe(error: BaseException) -> str:
+def _log_decoder_error(stage: str, error: BaseException) -> None:
+    """Keep the decoder's own message for the server log only.
+
+    PIL's messages name its internals (exception classes, buffer objects and their addresses); a client
+    gets the service's own wording instead.
+    """
     message = str(error).strip()
-    return f"{type(error).__name__}: {message}" if message else type(error).__name__
+    described = f"{type(error).__name__}: {message}" if message else type(error).__name__
+    log.info("upload refused, the image %s could not be decoded: %s", stage, described)
 
 
 def decode_upload(data: bytes, *, max_bytes: int, max_pixels: int) -> DecodedUpload:
@@ -151,7 +162,8 @@ def decode_upload(data: bytes, *, max_bytes: int, max_pixels: int) -> DecodedUpl
     except (ImageTooLargeError, UndecodableImageError):
         raise
     except Exception as error:
-        raise UndecodableImageError(f"the image data is truncated or corrupt: {_describe(error)}") from error
+        _log_decoder_error("data", error)
+        raise UndecodableImageError("the image data is truncated or corrupt") from error
     return DecodedUpload(header=header, lr_rgb=lr_rgb, resized_from=resized_from)
 
 

@@ -8,13 +8,15 @@ BEFORE the processes start (prometheus_client picks its storage when it is first
 writes its values to memory-mapped files there and :func:`render_latest` aggregates all of them, so one
 scrape of any process sees the whole service. Gauges say how to aggregate (``multiprocess_mode``): in-flight
 requests are summed over live processes, the queue depth (the same queue seen by every process) takes the
-most recent reading. Call :func:`mark_process_dead` from the process manager when a process exits.
+most recent reading. Call :func:`mark_process_dead` from the process manager when a process exits; as a
+killed process cannot do so itself, each API process also calls :func:`mark_dead_processes` when it starts.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -210,6 +212,55 @@ def mark_process_dead(pid: int) -> None:
     path = multiprocess_dir()
     if path is not None:
         multiprocess.mark_process_dead(pid, path)
+
+
+# prometheus_client's file for one process's ``live*`` gauges (e.g. facesr_inflight_requests: livesum).
+_LIVE_GAUGE_FILE = re.compile(r"gauge_live[a-z]*_(\d+)\.db")
+
+
+def _is_running(pid: int) -> bool:
+    """Whether ``pid`` is a running process (a killed one not yet reaped by its parent is not)."""
+    if pid == os.getpid():
+        return True
+    if os.name != "posix":
+        return True  # no safe probe (os.kill would terminate it on Windows): keep its gauges
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists, owned by someone else
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
+            state = stat.read().rpartition(")")[2].split()
+    except OSError:
+        return True
+    return not state or state[0] not in ("Z", "X")
+
+
+def mark_dead_processes() -> list[int]:
+    """Drop the live gauges of every process that wrote them and no longer runs; returns their pids.
+
+    A process that is killed (SIGKILL, the OOM killer) never runs its shutdown, so its last values would
+    stay in the multiprocess folder for good: ``facesr_inflight_requests`` would count its requests, in
+    flight when it died, forever. Each API process calls this when it starts, so the replacement that
+    uvicorn starts for a dead process clears the dead one's gauges. The folder must belong to processes
+    of one host (one PID namespace), as ``facesr serve`` arranges. No-op outside multiprocess mode.
+    """
+    path = multiprocess_dir()
+    if path is None:
+        return []
+    try:
+        names = os.listdir(path)
+    except OSError:
+        return []
+    pids = {int(found.group(1)) for name in names if (found := _LIVE_GAUGE_FILE.fullmatch(name))}
+    dead = sorted(pid for pid in pids if not _is_running(pid))
+    for pid in dead:
+        multiprocess.mark_process_dead(pid, path)
+    if dead:
+        log.info("dropped the live gauges of %d process(es) that are gone: %s", len(dead), dead)
+    return dead
 
 
 def observe_gpu_memory(device: object) -> None:

@@ -21,7 +21,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from facesr.service.queue.keys import check_name
-from facesr.service.queue.settings import REDIS_SCHEMES, QueueSettings
+from facesr.service.queue.settings import REDIS_SCHEMES, QueueSettings, redacted_url
 from facesr.service.worker.settings import WorkerSettings
 
 ENV_PREFIX = "FACESR_"
@@ -140,6 +140,46 @@ class ServiceSettings(BaseSettings):
         description="Comma-separated API keys for /v1/*; empty: no authentication.",
     )
 
+    # --- HTTP server limits (per `facesr serve` process) ---------------------------------------
+    http_max_header_bytes: int = Field(
+        16_384,
+        ge=1024,
+        le=1024 * 1024,
+        description="Largest request line plus headers; a longer head gets 400 and the connection is "
+        "closed before the rest is read (bytes).",
+    )
+    http_max_headers: int = Field(
+        100, ge=8, le=10_000, description="Most header fields in one request; more get 431."
+    )
+    http_keepalive_timeout_s: int = Field(
+        5,
+        ge=1,
+        le=600,
+        description="A connection with no request under way (new, or after a response) is closed after "
+        "this long (s).",
+    )
+    http_header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=600,
+        description="The request line and headers must arrive within this long of the request's first "
+        "byte, or the connection is closed (s).",
+    )
+    http_body_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        le=3_600,
+        description="The whole request body must arrive within this long of the end of the headers, "
+        "or the connection is closed (s).",
+    )
+    http_max_connections: int = Field(
+        512,
+        ge=2,
+        le=1_000_000,
+        description="Open connections (or running requests) per process at which requests get 503 "
+        "(uvicorn's limit_concurrency).",
+    )
+
     # --- processes ---------------------------------------------------------------------------
     host: str = Field("127.0.0.1", description="Interface `facesr serve` listens on.")
     port: int = Field(8000, ge=1, le=65_535, description="Port `facesr serve` listens on.")
@@ -150,8 +190,9 @@ class ServiceSettings(BaseSettings):
         9100, ge=0, le=65_535, description="Port of the worker's /metrics endpoint; 0 turns it off."
     )
     metrics_host: str = Field(
-        "0.0.0.0",  # noqa: S104 - a scrape target, usually inside a container network
-        description="Interface of the worker's /metrics endpoint.",
+        "127.0.0.1",
+        description="Interface of the worker's /metrics endpoint; containers set 0.0.0.0 so that "
+        "Prometheus and probes reach it.",
     )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
         "info", description="Log level of the service processes."
@@ -280,6 +321,8 @@ def settings_error_message(error: ValidationError) -> str:
         if location:
             variable = ENV_PREFIX + location[0].upper()
             given = problem.get("input")
+            if location[0] == "redis_url" and isinstance(given, str):
+                given = redacted_url(given)
             shown = "" if location[0] == "api_keys" or isinstance(given, dict) else f" (got {given!r})"
             lines.append(f"  {variable}: {message}{shown}")
         else:

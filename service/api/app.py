@@ -60,6 +60,8 @@ def create_app(settings: ServiceSettings, backend: QueueBackend | None = None) -
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # A killed sibling never ran the `mark_process_dead` below; its replacement clears its gauges.
+        metrics.mark_dead_processes()
         await queue.start()
         logger.info("facesr API up (%s mode)", "embedded" if settings.embedded else "redis")
         try:

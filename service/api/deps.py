@@ -10,10 +10,12 @@ from dataclasses import dataclass
 from typing import Annotated, Literal
 
 from fastapi import Depends, Header, Query, Request
+from pydantic import BeforeValidator, Field
 
 from facesr.service.api.state import ServiceState
 from facesr.service.errors import InvalidOptionsError
 from facesr.service.images import OutputFormat
+from facesr.service.settings import ServiceSettings
 
 DEADLINE_HEADER = "X-Deadline-Ms"
 
@@ -32,32 +34,40 @@ class Deadline:
     at: float
 
 
-async def get_deadline(
-    request: Request,
-    service: Service,
-    deadline_ms: Annotated[
-        str | None,
-        Header(
-            alias=DEADLINE_HEADER,
-            description="Time budget of this request in milliseconds, queue wait included; capped by "
-            "the server's FACESR_MAX_DEADLINE_MS.",
-        ),
-    ] = None,
-) -> Deadline:
-    """Budget from `X-Deadline-Ms` (a positive integer, capped by configuration) or the default."""
+_DEFAULT_MAX_DEADLINE_MS = ServiceSettings.model_fields["max_deadline_ms"].default
+
+
+def _digits_only(value: object) -> object:
+    """Before int parsing: plain decimal digits only (pydantic alone would take "1.0" or "1_000")."""
+    if isinstance(value, str):
+        text = value.strip()
+        if not (text.isascii() and text.isdigit()):
+            raise ValueError("must be a positive integer (milliseconds, digits only)")
+        return text
+    return value
+
+
+DeadlineHeader = Annotated[
+    Annotated[int, Field(ge=1)] | None,
+    BeforeValidator(_digits_only),
+    Header(
+        alias=DEADLINE_HEADER,
+        description="Time budget of this request in milliseconds, queue wait included: a positive integer. "
+        "Larger values are capped, not refused, at the server's FACESR_MAX_DEADLINE_MS "
+        f"(default {_DEFAULT_MAX_DEADLINE_MS} ms); without the header the budget is "
+        "FACESR_DEFAULT_DEADLINE_MS. An invalid value is refused with 422 (invalid-options).",
+    ),
+]
+
+
+async def get_deadline(request: Request, service: Service, deadline_ms: DeadlineHeader = None) -> Deadline:
+    """Budget from `X-Deadline-Ms` (a positive integer, validated above, capped by configuration) or the
+    default."""
     settings = service.settings
     if deadline_ms is None:
         budget = settings.default_deadline_ms
     else:
-        try:
-            budget = int(deadline_ms.strip())
-        except ValueError:
-            raise InvalidOptionsError(
-                f"{DEADLINE_HEADER} must be a positive integer (ms), got {deadline_ms!r}"
-            ) from None
-        if budget < 1:
-            raise InvalidOptionsError(f"{DEADLINE_HEADER} must be a positive integer (ms), got {budget}")
-        budget = min(budget, settings.max_deadline_ms)
+        budget = min(deadline_ms, settings.max_deadline_ms)
     arrived_at = getattr(request.state, "arrived_at", None) or time.time()
     return Deadline(at=arrived_at + budget / 1000.0)
 

@@ -43,6 +43,22 @@ class _MediaRange:
         return None
 
 
+# What of the client's `Accept` header a 406 detail may quote: a short prefix, media-range characters only.
+EXCERPT_CHARS = 64
+_MEDIA_RANGE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789/*+-.;=, ")
+
+
+def _excerpt(header: str) -> str:
+    """A short, harmless rendering of an untrusted header for a problem detail.
+
+    At most `EXCERPT_CHARS` characters are quoted (then "..."), and any character that cannot appear in
+    a media range (quotes, angle brackets, control characters, non-ASCII, ...) is shown as "?".
+    """
+    text = " ".join(header.split())
+    shown = "".join(char if char in _MEDIA_RANGE_CHARS else "?" for char in text[:EXCERPT_CHARS])
+    return f'"{shown}..."' if len(text) > EXCERPT_CHARS else f'"{shown}"'
+
+
 def _parse_accept(header: str) -> list[_MediaRange]:
     ranges = []
     for item in header.split(","):
@@ -105,6 +121,8 @@ def negotiate(
     (quality, _), _ = scored[best_index]
     if quality <= 0:
         offered = ", ".join(media for _, _, media in candidates)
-        raise NotAcceptableError(f"Accept: {accept!r} matches nothing this endpoint returns ({offered})")
+        raise NotAcceptableError(
+            f"the Accept header ({_excerpt(accept)}) matches nothing this endpoint returns ({offered})"
+        )
     kind, fmt, _ = candidates[best_index]
     return Representation(kind, fmt)

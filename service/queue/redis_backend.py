@@ -39,7 +39,7 @@ from facesr.service.queue.events import SILENT, QueueEvents
 from facesr.service.queue.jobs import Job, JobResult
 from facesr.service.queue.keys import GROUP, Keys, check_name
 from facesr.service.queue.pending import PendingReplies, resolved_future
-from facesr.service.queue.settings import QueueSettings
+from facesr.service.queue.settings import QueueSettings, redacted_url, socket_options
 from facesr.service.queue.source import WorkerInfo
 
 log = logging.getLogger(__name__)
@@ -121,7 +121,7 @@ class RedisQueue:
         self._closing = False
         common: dict[str, Any] = {
             "socket_connect_timeout": self.connect_timeout_s,
-            "socket_keepalive": True,
+            **socket_options(self.url),
             "health_check_interval": 10,
             # A dropped connection is worth one quick retry; a timeout is not (it would only double the wait).
             "retry": Retry(
@@ -173,7 +173,7 @@ class RedisQueue:
         except redis.RedisError as exc:
             pending.forget(job.request_id)
             self._note_failure(exc)
-            raise BackendUnavailable(f"cannot queue the job: {self._describe(exc)}") from exc
+            raise BackendUnavailable(f"cannot queue the job ({type(exc).__name__})") from exc
         except BaseException:
             pending.forget(job.request_id)
             raise
@@ -208,7 +208,7 @@ class RedisQueue:
                 depth = sum(int(n) for n in await pipe.execute())
         except redis.RedisError as exc:
             self._note_failure(exc)
-            return BackendStatus(False, 0, {}, 0, f"redis unreachable: {self._describe(exc)}")
+            return BackendStatus(False, 0, {}, 0, f"the queue is unreachable ({type(exc).__name__})")
         self._throughput = (sum(w.throughput for w in ready), time.monotonic())
         warming = len(workers) - len(ready)
         detail = f"{len(ready)} worker(s) ready" + (f", {warming} warming up" if warming else "")
@@ -226,16 +226,16 @@ class RedisQueue:
         if self._outage is None:
             return
         if self._probing or time.monotonic() < self._recheck_at:
-            raise BackendUnavailable(f"redis unreachable (checking again shortly): {self._outage}")
+            raise BackendUnavailable(f"the queue is unreachable (checking again shortly): {self._outage}")
         self._probing = True
         try:
             await asyncio.wait_for(client.ping(), PROBE_TIMEOUT_S)
         except (redis.RedisError, TimeoutError) as exc:
             self._note_failure(exc)
-            raise BackendUnavailable(f"redis unreachable: {self._outage}") from exc
+            raise BackendUnavailable(f"the queue is unreachable: {self._outage}") from exc
         finally:
             self._probing = False
-        log.info("redis at %s answers again", self.url.split("@")[-1])
+        log.info("redis at %s answers again", redacted_url(self.url))
         self._outage = None
 
     def _note_failure(self, exc: BaseException) -> None:
@@ -245,11 +245,12 @@ class RedisQueue:
                 log.warning(
                     "redis unreachable, answering 'unavailable' without waiting: %s", self._describe(exc)
                 )
-            self._outage = self._describe(exc)
+            self._outage = type(exc).__name__  # client-facing: no address, no message text
             self._recheck_at = time.monotonic() + UNREACHABLE_RECHECK_S
 
     def _describe(self, exc: BaseException) -> str:
-        return f"redis at {self.url.split('@')[-1]}: {type(exc).__name__}: {exc}"
+        """For logs only: where and what (the URL without credentials)."""
+        return f"redis at {redacted_url(self.url)}: {type(exc).__name__}: {exc}"
 
     async def _workers(self, client: aredis.Redis) -> list[WorkerInfo]:
         """Heartbeats of workers whose heartbeat has not expired; malformed ones are ignored and counted."""

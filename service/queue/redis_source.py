@@ -37,7 +37,7 @@ from facesr.service.queue.codec import CodecError, decode_job, encode_heartbeat,
 from facesr.service.queue.events import SILENT, QueueEvents
 from facesr.service.queue.jobs import JobResult
 from facesr.service.queue.keys import GROUP, Keys
-from facesr.service.queue.settings import QueueSettings
+from facesr.service.queue.settings import QueueSettings, redacted_url, socket_options
 from facesr.service.queue.source import Delivery, WorkerInfo
 
 log = logging.getLogger(__name__)
@@ -144,7 +144,7 @@ class RedisJobSource:
             self.url,
             socket_timeout=FIRST_READ_BLOCK_S + 4.0,
             socket_connect_timeout=2.0,
-            socket_keepalive=True,
+            **socket_options(self.url),
             health_check_interval=10,
             retry=Retry(NoBackoff(), 0),  # the worker loop owns retrying, with backoff
         )
@@ -192,7 +192,7 @@ class RedisJobSource:
             raise BackendUnavailable(f"redis at {self._safe_url()}: {type(exc).__name__}: {exc}") from exc
 
     def _safe_url(self) -> str:
-        return self.url.split("@")[-1]  # never log a password
+        return redacted_url(self.url)  # never log a password
 
     def _ensure_groups(self) -> None:
         for stream in self._streams:

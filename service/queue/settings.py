@@ -6,11 +6,41 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from facesr.service.queue.keys import check_name
 
 #: URL schemes redis-py accepts for a queue.
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+#: Query parameters of a Redis URL that carry credentials (redis-py reads both forms).
+_SECRET_PARAMETERS = frozenset({"password", "username"})
+
+
+def redacted_url(url: str) -> str:
+    """``url`` fit for a log line: any password (``user:pass@`` or ``?password=``) replaced by ``***``.
+
+    The host stays, for operators; client-facing messages never carry the URL at all.
+    """
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        if "@" in netloc:
+            userinfo, host = netloc.rsplit("@", 1)
+            user = userinfo.split(":", 1)[0]
+            netloc = f"{user + ':' if user else ':'}***@{host}" if ":" in userinfo else f"***@{host}"
+        pairs = parse_qsl(parts.query, keep_blank_values=True)
+        redacted = [(key, "***" if key.lower() in _SECRET_PARAMETERS else value) for key, value in pairs]
+        query = urlencode(redacted, safe="*")
+        return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
+    except ValueError:
+        return "<unparsable redis url>"
+
+
+def socket_options(url: str) -> dict[str, bool]:
+    """TCP keep-alive for TCP URLs; redis-py refuses the option for a unix socket."""
+    return {} if url.startswith("unix://") else {"socket_keepalive": True}
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -104,7 +104,7 @@ def test_worker_refuses_a_metrics_port_in_use_before_loading_the_model(
 
     monkeypatch.setattr(worker_process, "load_served_engines", must_not_load)
     with socket.socket() as taken:
-        taken.bind(("0.0.0.0", 0))  # the interface the worker binds by default
+        taken.bind(("0.0.0.0", 0))  # a wildcard bind holds the port on every interface
         taken.listen()
         port = taken.getsockname()[1]
         result = runner.invoke(

@@ -41,6 +41,19 @@ def test_defaults_are_the_embedded_mode():
     assert settings.max_batch_size >= 1
 
 
+def test_network_defaults_are_bounded_and_loopback_only():
+    """Every HTTP limit is on by default, and no endpoint listens beyond this host unless told to."""
+    settings = ServiceSettings()
+
+    assert (settings.host, settings.metrics_host) == ("127.0.0.1", "127.0.0.1")
+    assert settings.http_max_header_bytes <= 64 * 1024
+    assert settings.http_max_headers <= 1000
+    assert settings.http_keepalive_timeout_s <= 60
+    assert settings.http_header_timeout_s <= 60
+    assert settings.http_body_timeout_s <= 600
+    assert settings.http_max_connections <= 4096
+
+
 def test_environment_is_read_with_the_prefix(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("FACESR_REDIS_URL", "redis://cache:6379/2")
     monkeypatch.setenv("FACESR_CHECKPOINT", "a.safetensors, b.safetensors")
@@ -84,6 +97,12 @@ def test_keyword_arguments_override_the_environment(monkeypatch: pytest.MonkeyPa
         ({"FACESR_HEARTBEAT_TTL_S": "0.01"}, "FACESR_HEARTBEAT_TTL_S"),  # readiness would flap
         ({"FACESR_PORT": "70000"}, "FACESR_PORT"),
         ({"FACESR_MAX_PIXELS": "10"}, "FACESR_MAX_PIXELS"),
+        ({"FACESR_HTTP_MAX_HEADER_BYTES": "100"}, "FACESR_HTTP_MAX_HEADER_BYTES"),
+        ({"FACESR_HTTP_MAX_HEADERS": "0"}, "FACESR_HTTP_MAX_HEADERS"),
+        ({"FACESR_HTTP_KEEPALIVE_TIMEOUT_S": "0"}, "FACESR_HTTP_KEEPALIVE_TIMEOUT_S"),
+        ({"FACESR_HTTP_HEADER_TIMEOUT_S": "0"}, "FACESR_HTTP_HEADER_TIMEOUT_S"),
+        ({"FACESR_HTTP_BODY_TIMEOUT_S": "-1"}, "FACESR_HTTP_BODY_TIMEOUT_S"),
+        ({"FACESR_HTTP_MAX_CONNECTIONS": "1"}, "FACESR_HTTP_MAX_CONNECTIONS"),  # would refuse everything
     ],
 )
 def test_bad_values_are_refused_naming_the_variable(env: dict[str, str], variable: str):

@@ -40,6 +40,7 @@ from facesr.service.api.schemas import (
 from facesr.service.api.state import ServiceState
 from facesr.service.api.timing import PhaseTimings
 from facesr.service.errors import (
+    InvalidOptionsError,
     NotAcceptableError,
     PayloadTooLargeError,
     ServiceError,
@@ -73,6 +74,39 @@ def job_options(options: Options, representation: Representation) -> JobOptions:
         return JobOptions(return_steps=False, landmarks=False)
     landmarks = True if options.landmarks is None else options.landmarks
     return JobOptions(return_steps=options.steps, landmarks=landmarks)
+
+
+_SHOWN_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-[]")
+
+
+def _shown_name(name: str) -> str:
+    """A client-chosen field name as a detail may quote it: at most 32 plain characters, others as '?'."""
+    shown = "".join(char if char in _SHOWN_NAME_CHARS else "?" for char in name[:32])
+    return f"'{shown}...'" if len(name) > 32 else f"'{shown}'"
+
+
+async def check_form_fields(request: Request, *, field: str, single: bool) -> None:
+    """Refuse (422) form parts the endpoint would otherwise ignore silently.
+
+    The body may hold `field` parts only: an unknown part (a misspelt name, an option sent as a form
+    field instead of a query parameter) is refused, and so is a second `field` part on the endpoint
+    that takes one image, instead of computing one of them and dropping the other.
+    (FastAPI has parsed the form already; this reads its cached copy.)
+    """
+    form = await request.form()
+    unknown = sorted({name for name in form if name != field})
+    if unknown:
+        shown = ", ".join(_shown_name(name) for name in unknown[:5]) + (", ..." if len(unknown) > 5 else "")
+        raise InvalidOptionsError(
+            f"unknown form field(s) {shown}; this endpoint takes only '{field}' file parts "
+            "(options are query parameters)"
+        )
+    count = len(form.getlist(field))
+    if single and count > 1:
+        raise InvalidOptionsError(
+            f"{count} '{field}' parts; this endpoint takes exactly one image "
+            f"(send several to POST {BATCH_PATH} as 'images' parts)"
+        )
 
 
 def _landmark_points(landmarks: list[list[float]] | None) -> list[LandmarkPoint] | None:
@@ -144,8 +178,11 @@ async def super_resolve(
     service: Service,
     options: Options,
     deadline: RequestDeadline,
-    image: Annotated[UploadFile, File(description="The face: PNG, JPEG, WebP or BMP, any size.")],
+    image: Annotated[
+        UploadFile, File(description="The face: PNG, JPEG, WebP or BMP, any size; exactly one part.")
+    ],
 ) -> Response:
+    await check_form_fields(request, field="image", single=True)
     representation = negotiate(request.headers.get("accept"), requested_format=options.format)
     wanted = job_options(options, representation)
     model = await service.resolve_model(options.model)
@@ -203,8 +240,11 @@ async def super_resolve_batch(
     service: Service,
     options: Options,
     deadline: RequestDeadline,
-    images: Annotated[list[UploadFile], File(description="Several faces, one file part each.")],
+    images: Annotated[
+        list[UploadFile], File(description="Several faces, one file part each; no other form fields.")
+    ],
 ) -> JSONResponse:
+    await check_form_fields(request, field="images", single=False)
     representation = negotiate(
         request.headers.get("accept"), requested_format=options.format, allow_image=False
     )

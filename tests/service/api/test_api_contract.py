@@ -290,7 +290,23 @@ def test_openapi_documents_the_endpoints(service: RunningService):
     )
 
 
-def test_concurrent_requests_are_batched(service: RunningService):
+@pytest.mark.parametrize("path", ["/v1/super-resolve", "/v1/super-resolve/batch"])
+def test_openapi_types_the_deadline_header_as_a_positive_integer(service: RunningService, path: str):
+    schema = service.client.get("/openapi.json").json()
+    [deadline] = [
+        parameter
+        for parameter in schema["paths"][path]["post"]["parameters"]
+        if parameter["in"] == "header" and parameter["name"] == "X-Deadline-Ms"
+    ]
+    types = deadline["schema"].get("anyOf", [deadline["schema"]])
+    [integer] = [variant for variant in types if variant.get("type") != "null"]
+
+    assert integer["type"] == "integer"
+    assert integer["minimum"] == 1
+    assert "maximum" not in integer  # larger budgets are capped, not refused...
+    assert "FACESR_MAX_DEADLINE_MS" in deadline["description"]  # ...and the cap is documented
+    assert deadline.get("required", False) is False
+
     """Requests arriving while the worker is held end up in one batch (dynamic batching)."""
     import concurrent.futures
 

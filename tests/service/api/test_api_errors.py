@@ -169,9 +169,13 @@ def test_unknown_model_is_422_and_lists_the_served_ones(service: RunningService,
     assert body["available"] == [MODEL_NAME]
 
 
-@pytest.mark.parametrize("value", ["soon", "-5", "0", "1.5"])
+@pytest.mark.parametrize("value", ["soon", "-5", "0", "1.5", "1.0", "1_000", "+5", "1e3", "", "9" * 5000])
 def test_bad_deadline_header_is_422(service: RunningService, png_face: bytes, value: str):
-    assert_problem(post_image(service, png_face, headers={"X-Deadline-Ms": value}), 422, "invalid-options")
+    body = assert_problem(
+        post_image(service, png_face, headers={"X-Deadline-Ms": value}), 422, "invalid-options"
+    )
+    assert body["errors"][0]["loc"] == ["header", "X-Deadline-Ms"]
+    assert len(body["detail"]) < 200  # the value itself is not echoed back
 
 
 class DeadlineRecorder:
@@ -238,6 +242,46 @@ def test_missing_image_part_is_422(service: RunningService):
     response = service.client.post("/v1/super-resolve", files={"picture": ("x.png", b"abc", "image/png")})
     body = assert_problem(response, 422, "invalid-options")
     assert body["errors"][0]["loc"] == ["body", "image"]
+
+
+def test_two_image_parts_are_422_not_one_ignored(service: RunningService, png_face: bytes):
+    other = encode(face_array(16, 16, seed=5))
+    response = service.client.post(
+        "/v1/super-resolve",
+        files=[("image", ("a.png", png_face, "image/png")), ("image", ("b.png", other, "image/png"))],
+    )
+    body = assert_problem(response, 422, "invalid-options")
+    assert "exactly one image" in body["detail"] and "/v1/super-resolve/batch" in body["detail"]
+
+
+@pytest.mark.parametrize(
+    ("path", "part", "other_endpoints_part"),
+    [("/v1/super-resolve", "image", "images"), ("/v1/super-resolve/batch", "images", "image")],
+)
+@pytest.mark.parametrize("extra", ["option-as-field", "misspelt-part", "other-endpoints-part"])
+def test_unknown_form_fields_are_422(
+    service: RunningService, png_face: bytes, path: str, part: str, other_endpoints_part: str, extra: str
+):
+    files = [(part, ("a.png", png_face, "image/png"))]
+    data = None
+    if extra == "option-as-field":  # an option sent as a form field would be ignored
+        data = {"format": "jpeg"}
+    else:
+        name = "imgaes" if extra == "misspelt-part" else other_endpoints_part
+        files.append((name, ("b.png", png_face, "image/png")))
+    response = service.client.post(path, files=files, data=data, headers={"Accept": "application/json"})
+    body = assert_problem(response, 422, "invalid-options")
+    assert "unknown form field" in body["detail"]
+
+
+def test_unknown_form_field_names_are_quoted_short_and_sanitised(service: RunningService, png_face: bytes):
+    name = "<script>" + "x" * 500
+    response = service.client.post(
+        "/v1/super-resolve/batch",
+        files=[("images", ("a.png", png_face, "image/png")), (name, ("b.png", b"?", "image/png"))],
+    )
+    body = assert_problem(response, 422, "invalid-options")
+    assert "<" not in body["detail"] and "x" * 100 not in body["detail"]
 
 
 @pytest.mark.parametrize(

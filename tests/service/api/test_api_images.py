@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 
 import numpy as np
 import pytest
@@ -97,6 +98,57 @@ def test_header_is_read_without_decoding_pixels():
 def test_bad_uploads_raise_their_domain_error(data: bytes, error: type[Exception]):
     with pytest.raises(error):
         decode_upload(data, **LIMITS)
+
+
+def _noisy_png(size: int = 64) -> bytes:
+    return encode(np.random.default_rng(1).integers(0, 256, (size, size, 3), dtype=np.uint8))
+
+
+def _corrupt_uploads() -> dict[str, bytes]:
+    png, jpeg = _noisy_png(), encode(face_array(64, 64), "JPEG")
+    bmp, webp = encode(face_array(64, 64), "BMP"), encode(face_array(64, 64), "WEBP")
+    return {
+        "png cut in half": png[: len(png) // 2],
+        "png cut near the end": png[: int(len(png) * 0.9)],
+        "png cut inside the header": png[:20],
+        "png signature then garbage": b"\x89PNG\r\n\x1a\n" + b"x" * 50,
+        "jpeg cut in half": jpeg[: len(jpeg) // 2],
+        "jpeg cut inside the header": jpeg[:30],
+        "bmp cut short": bmp[:100],
+        "webp cut short": webp[:40],
+        "header announcing a bomb": png_claiming(100_000, 100_000),
+    }
+
+
+# Traces of the decoder's own messages: class names, buffer objects and their addresses, PIL phrases.
+_DECODER_INTERNALS = (
+    "OSError",
+    "SyntaxError",
+    "Error:",
+    "PIL",
+    "BytesIO",
+    "0x",
+    "<",
+    "cannot identify",
+    "broken data stream",
+    "image file is truncated",
+    "Truncated File Read",
+    "decoder",
+    "decompression bomb",
+)
+
+
+@pytest.mark.parametrize("name", sorted(_corrupt_uploads()))
+def test_refusal_details_use_the_services_words_not_the_decoders(name: str, caplog):
+    caplog.set_level(logging.DEBUG, logger="facesr.service")
+    with pytest.raises((UndecodableImageError, ImageTooLargeError)) as refused:
+        decode_upload(_corrupt_uploads()[name], **LIMITS)
+
+    detail = refused.value.detail
+    assert not [trace for trace in _DECODER_INTERNALS if trace in detail], detail
+    assert "truncated" in detail or "corrupt" in detail or "pixels" in detail
+    # The decoder's message itself is kept for the server log.
+    assert any(record.levelno <= logging.INFO and "Error" in record.getMessage() for record in caplog.records)
 
 
 def test_declared_part_types():

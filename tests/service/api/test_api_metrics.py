@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.service.conftest import RunningService, encode, face_array, scrape, value
+from tests.service.worker.test_worker_metrics import start_busy_process
 
 ROUTE = "/v1/super-resolve"
 
@@ -75,3 +82,62 @@ def test_mean_batch_size_is_derivable(service: RunningService):
 
     assert batches > 0
     assert 1 <= inferences / batches <= service.settings.max_batch_size
+
+
+# A fresh API process (as uvicorn starts one in place of a killed one): app startup, then a scrape.
+_REPLACEMENT_API_PROCESS = textwrap.dedent(
+    """
+    import asyncio, sys
+    from facesr.service import metrics
+    from facesr.service.api.app import create_app
+    from facesr.service.settings import ServiceSettings
+
+    class IdleQueue:
+        async def start(self):
+            pass
+
+        async def close(self):
+            pass
+
+    app = create_app(ServiceSettings(), IdleQueue())
+
+    async def main():
+        async with app.router.lifespan_context(app):
+            sys.stdout.write(metrics.render_latest("api")[0].decode())
+
+    asyncio.run(main())
+    """
+)
+
+
+def test_api_process_started_after_a_kill_drops_the_dead_ones_inflight_requests(tmp_path: Path):
+    env = {
+        name: item
+        for name, item in os.environ.items()
+        if not name.startswith("FACESR_") and name != "PROMETHEUS_MULTIPROC_DIR"
+    }
+    env["PROMETHEUS_MULTIPROC_DIR"] = str(tmp_path)
+    killed = start_busy_process(env, 3)  # an API process with 3 requests in flight...
+    try:
+        killed.kill()  # ...killed: it never runs its shutdown
+        killed.wait(timeout=30)
+        done = subprocess.run(
+            [sys.executable, "-c", _REPLACEMENT_API_PROCESS],
+            cwd=Path(__file__).resolve().parents[3],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr
+        samples = {
+            sample.name: sample.value
+            for family in text_string_to_metric_families(done.stdout)
+            for sample in family.samples
+        }
+        assert samples["facesr_inflight_requests"] == 0
+    finally:
+        killed.kill()
+        killed.wait(timeout=30)
+        if killed.stdout is not None:
+            killed.stdout.close()

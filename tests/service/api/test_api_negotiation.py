@@ -49,3 +49,24 @@ def test_garbage_accept_headers_are_tolerated():
     assert negotiate("garbage, application/json", requested_format=None).kind == "json"
     with pytest.raises(NotAcceptableError):
         negotiate("image/png;q=abc", requested_format=None)
+
+
+@pytest.mark.parametrize(
+    "accept",
+    [
+        "text/html, " + "x" * 10_000,
+        'text/html;q=1, <script>alert("x")</script>',
+        "text/html\x00\x1b[31m, text/\u202eplain",
+        "text/plain, " * 2_000,
+    ],
+)
+def test_406_detail_quotes_only_a_short_sanitised_excerpt_of_accept(accept):
+    with pytest.raises(NotAcceptableError) as refused:
+        negotiate(accept, requested_format=None)
+
+    detail = refused.value.detail
+    assert len(detail) < 200, detail
+    assert not set(detail) & set("<>'\x00\x1b\u202e"), detail
+    assert "<script>" not in detail and "x" * 100 not in detail
+    assert "text/html" in detail or "text/plain" in detail  # enough to see what was asked
+    assert "image/png" in detail and "application/json" in detail  # and what is on offer

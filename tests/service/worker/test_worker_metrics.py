@@ -129,6 +129,68 @@ def test_multiprocess_mode_aggregates_every_process(tmp_path: Path) -> None:
     assert _value(text, "facesr_inferences_total") == 7  # counters keep what happened
 
 
+_BUSY_CHILD = textwrap.dedent(
+    """
+    import os, sys, time
+    from facesr.service import metrics
+    metrics.INFLIGHT_REQUESTS.inc(int(sys.argv[1]))
+    print(os.getpid(), flush=True)
+    time.sleep(120)
+    """
+)
+_SWEEP_AND_RENDER = textwrap.dedent(
+    """
+    import sys
+    from facesr.service import metrics
+    sys.stderr.write(" ".join(map(str, metrics.mark_dead_processes())))
+    sys.stdout.write(metrics.render_latest()[0].decode())
+    """
+)
+
+
+def start_busy_process(env: dict[str, str], inflight: int) -> subprocess.Popen[str]:
+    """A process that has `inflight` requests in flight and stays alive until killed."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", _BUSY_CHILD, str(inflight)],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    assert process.stdout.readline().strip() == str(process.pid)  # its gauge file is written
+    return process
+
+
+def test_a_killed_processes_inflight_requests_stop_counting(tmp_path: Path) -> None:
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    killed = start_busy_process(env, 2)
+    alive = start_busy_process(env, 1)
+    try:
+        killed.kill()  # SIGKILL: no shutdown code runs, its gauge file stays behind
+        killed.wait(timeout=30)
+        assert any(str(killed.pid) in name for name in os.listdir(tmp_path))
+
+        done = subprocess.run(
+            [sys.executable, "-c", _SWEEP_AND_RENDER],
+            cwd=REPO_ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        assert done.stderr.split() == [str(killed.pid)]
+        assert _value(done.stdout, "facesr_inflight_requests") == 1  # only the live process's request
+        assert any(f"_{alive.pid}.db" in name for name in os.listdir(tmp_path))  # the live one is kept
+    finally:
+        for process in (killed, alive):
+            process.kill()
+            process.wait(timeout=30)
+            if process.stdout is not None:
+                process.stdout.close()
+
+
 def test_worker_endpoint_serves_metrics_health_and_readiness() -> None:
     ready = {"value": False}
     server = metrics.start_metrics_server(0, "127.0.0.1", ready=lambda: ready["value"])
