@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import logging
+import threading
 import warnings
 from dataclasses import dataclass
 from typing import Final, Literal
@@ -146,16 +147,42 @@ def _log_decoder_error(stage: str, error: BaseException) -> None:
     log.info("upload refused, the image %s could not be decoded: %s", stage, described)
 
 
-def decode_upload(data: bytes, *, max_bytes: int, max_pixels: int) -> DecodedUpload:
+class PixelBudget:
+    """The pixels one request may still have decoded; the images of a batch draw on it (thread-safe)."""
+
+    def __init__(self, pixels: int) -> None:
+        self._left = pixels
+        self._lock = threading.Lock()
+
+    def take(self, header: ImageHeader) -> None:
+        """Reserve ``header``'s pixels, or refuse the image (413) when the request's budget is spent."""
+        pixels = header.width * header.height
+        with self._lock:
+            if pixels > self._left:
+                raise ImageTooLargeError(
+                    f"this image ({header.width}x{header.height}) would exceed the request's pixel budget "
+                    f"({self._left} pixels left); send fewer or smaller images per request"
+                )
+            self._left -= pixels
+
+
+def decode_upload(
+    data: bytes, *, max_bytes: int, max_pixels: int, budget: PixelBudget | None = None
+) -> DecodedUpload:
     """Validate and decode one uploaded file into the 16 x 16 model input (CPU-bound: run in a thread).
 
     Animated files use their first frame. EXIF orientation is applied, so a phone photo's face is
-    upright; alpha is composited on black by `to_lr_face`.
+    upright; alpha is composited on black by `to_lr_face`. The header is checked (size, pixel limit,
+    the request's ``budget``) before any pixel is decoded, and a large JPEG is decoded at a reduced
+    scale (see `JPEG_DRAFT_MIN_SIDE`).
     """
     check_size(data, max_bytes)
     header = read_header(data, max_pixels)
+    if budget is not None:
+        budget.take(header)
     try:
         with _open_header(data, ACCEPTED_FORMATS) as image:
+            _draft_large_jpeg(image)
             image.load()
             upright = ImageOps.exif_transpose(image)
             lr_rgb, resized_from = to_lr_face(upright)
@@ -165,6 +192,22 @@ def decode_upload(data: bytes, *, max_bytes: int, max_pixels: int) -> DecodedUpl
         _log_decoder_error("data", error)
         raise UndecodableImageError("the image data is truncated or corrupt") from error
     return DecodedUpload(header=header, lr_rgb=lr_rgb, resized_from=resized_from)
+
+
+#: A JPEG whose shorter side is at least twice this is decoded at a reduced scale (1/2, 1/4 or 1/8, done
+#: inside the JPEG decoder), keeping the shorter side at or above it. The model needs 16 px; faces up to
+#: twice this size decode exactly as in training, where LR faces are made from 128 px crops.
+JPEG_DRAFT_MIN_SIDE: Final = 256
+
+
+def _draft_large_jpeg(image: Image.Image) -> None:
+    """Ask the JPEG decoder for a reduced scale when the image is far larger than the model needs."""
+    width, height = image.size
+    shorter = min(width, height)
+    if image.format != "JPEG" or shorter < 2 * JPEG_DRAFT_MIN_SIDE:
+        return
+    scale = JPEG_DRAFT_MIN_SIDE / shorter
+    image.draft("RGB", (max(1, round(width * scale)), max(1, round(height * scale))))
 
 
 def encode_image(rgb: np.ndarray, output_format: OutputFormat, *, quality: int = 95) -> bytes:

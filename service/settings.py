@@ -126,6 +126,12 @@ class ServiceSettings(BaseSettings):
         le=80_000_000,
         description="Largest accepted width x height, checked from the header before decoding.",
     )
+    max_request_pixels: int = Field(
+        16_777_216,
+        ge=256,
+        le=320_000_000,
+        description="Pixels one request may have decoded in all (the images of a batch share it).",
+    )
     max_batch_images: int = Field(
         16, ge=1, le=256, description="Most images in one POST /v1/super-resolve/batch request."
     )

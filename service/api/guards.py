@@ -4,7 +4,9 @@ FastAPI parses a route's body before it runs the route's dependencies, so an API
 would let an unauthenticated client make the server read and spool a whole upload first. This
 middleware refuses such requests up front: a missing or wrong API key on `/v1/*` (401), and a
 non-multipart body on the upload endpoints (415), and a `Content-Length` above the endpoint's
-limit (413; bodies without a length are counted while they are read, see `create_app`). The errors
+limit (413; bodies without a length are counted while they are read, see `create_app`). Admission is
+decided here too, before an upload is read or decoded, as far as the queue's status snapshot allows:
+no reachable queue or no ready worker (503), or every served model's queue full (429). The errors
 are raised, not rendered here, so they go through the one error mapping like every other failure.
 """
 
@@ -17,10 +19,19 @@ from pydantic import SecretStr
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from facesr.service.errors import PayloadTooLargeError, UnauthorizedError, UnsupportedMediaTypeError
+from facesr.service.api.state import ServiceState
+from facesr.service.errors import (
+    PayloadTooLargeError,
+    ServiceNotReadyError,
+    UnauthorizedError,
+    UnsupportedMediaTypeError,
+)
+from facesr.service.queue.base import BackendUnavailable, QueueFull
 
 PROTECTED_PREFIX = "/v1/"
 API_KEY_HEADER = "X-API-Key"
+# Retry-After of a 429 decided before the body is read (the queue's own estimate needs the backend).
+ADMISSION_RETRY_AFTER_S = 1.0
 
 
 def key_is_valid(presented: str, keys: Sequence[SecretStr]) -> bool:
@@ -62,7 +73,30 @@ class HeaderGuardMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             self._check(scope)
+            if scope["method"] == "POST" and scope["path"] in self.body_limits:
+                await self._admit(scope)
         await self.app(scope, receive, send)
+
+    @staticmethod
+    async def _admit(scope: Scope) -> None:
+        """Refuse an upload that could not be queued anyway, before its body is read.
+
+        Uses the status snapshot the routes use (at most `STATUS_MAX_AGE_S` old). A model's queue
+        holds at most `max_queue` jobs, so when the jobs waiting over all served models reach
+        `max_queue` times their number, every queue is full; otherwise the route's own admission
+        decides, atomically, for the model asked for.
+        """
+        service: ServiceState | None = getattr(scope["app"].state, "service", None)
+        if service is None:
+            return
+        status = await service.status.get()
+        if not status.reachable:
+            raise BackendUnavailable("the job queue is unreachable")
+        if status.ready_workers < 1 or not status.models:
+            raise ServiceNotReadyError("no worker with a warmed model is available yet")
+        limit = service.settings.max_queue * len(status.models)
+        if status.depth >= limit:
+            raise QueueFull(status.depth, limit, ADMISSION_RETRY_AFTER_S)
 
     def _check(self, scope: Scope) -> None:
         path: str = scope["path"]

@@ -26,6 +26,7 @@ from facesr.service.images import (
     OUTPUT_MEDIA_TYPES,
     DecodedUpload,
     OutputFormat,
+    PixelBudget,
     check_part_type,
     decode_upload,
     encode_image,
@@ -56,7 +57,9 @@ class EncodedFace:
         return None if self.steps is None else [base64.b64encode(step).decode("ascii") for step in self.steps]
 
 
-async def read_upload(upload: UploadFile, service: ServiceState, timings: PhaseTimings) -> DecodedUpload:
+async def read_upload(
+    upload: UploadFile, service: ServiceState, timings: PhaseTimings, budget: PixelBudget
+) -> DecodedUpload:
     """Validate one file part and turn it into the 16 x 16 model input.
 
     Decoding runs in a thread, at most `service.decode_slots` at a time: a large photo decodes to
@@ -74,7 +77,11 @@ async def read_upload(upload: UploadFile, service: ServiceState, timings: PhaseT
     async with service.decode_slots:
         with timings.measure("decode"):
             return await run_in_threadpool(
-                decode_upload, data, max_bytes=settings.max_upload_bytes, max_pixels=settings.max_pixels
+                decode_upload,
+                data,
+                max_bytes=settings.max_upload_bytes,
+                max_pixels=settings.max_pixels,
+                budget=budget,
             )
 
 

@@ -47,7 +47,7 @@ from facesr.service.errors import (
     error_for_result,
     problem_for,
 )
-from facesr.service.images import OUTPUT_MEDIA_TYPES, DecodedUpload
+from facesr.service.images import OUTPUT_MEDIA_TYPES, DecodedUpload, PixelBudget
 from facesr.service.queue.jobs import Job, JobOptions, JobResult
 
 SINGLE_PATH = "/v1/super-resolve"
@@ -187,7 +187,7 @@ async def super_resolve(
     wanted = job_options(options, representation)
     model = await service.resolve_model(options.model)
     timings = PhaseTimings()
-    upload = await read_upload(image, service, timings)
+    upload = await read_upload(image, service, timings, PixelBudget(service.settings.max_request_pixels))
     request_id: str = request.state.request_id
     job = make_job(request_id, model, upload, wanted, deadline)
     [outcome] = await run_jobs(service.backend, request, [job])
@@ -205,10 +205,10 @@ async def super_resolve(
 
 
 async def _read_or_problem(
-    upload: UploadFile, service: ServiceState, timings: PhaseTimings
+    upload: UploadFile, service: ServiceState, timings: PhaseTimings, budget: PixelBudget
 ) -> DecodedUpload | ServiceError:
     try:
-        return await read_upload(upload, service, timings)
+        return await read_upload(upload, service, timings, budget)
     except ServiceError as error:
         return error
 
@@ -256,9 +256,10 @@ async def super_resolve_batch(
     request_id: str = request.state.request_id
 
     item_timings = [PhaseTimings() for _ in images]
+    budget = PixelBudget(service.settings.max_request_pixels)  # shared by the batch's images
     decoded = await asyncio.gather(
         *(
-            _read_or_problem(upload, service, timings)
+            _read_or_problem(upload, service, timings, budget)
             for upload, timings in zip(images, item_timings, strict=True)
         )
     )

@@ -6,6 +6,7 @@ A `GatedEngine` holds the worker inside a batch, so the queue state is controlle
 from __future__ import annotations
 
 import concurrent.futures
+import socket
 import time
 from collections.abc import Iterator
 
@@ -158,3 +159,34 @@ def test_client_disconnect_cancels_the_job(held: RunningService):
         value(after, "facesr_http_requests_total", route="/v1/super-resolve", code="499")
         == value(before, "facesr_http_requests_total", route="/v1/super-resolve", code="499") + 1
     )
+
+
+def _partial_upload(service: RunningService, body_bytes: int, sent: int) -> bytes:
+    """POST a multipart upload that announces `body_bytes` but sends only `sent` of them, then read what
+    the server answers: only a server that decides before reading the body can answer at all."""
+    boundary = "facesrboundary"
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="f.png"\r\n'
+        "Content-Type: image/png\r\n\r\n"
+    ).encode()
+    request = (
+        f"POST /v1/super-resolve HTTP/1.1\r\nHost: test\r\nContent-Length: {body_bytes}\r\n"
+        f"Content-Type: multipart/form-data; boundary={boundary}\r\nConnection: close\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", service.server.port), timeout=10) as sock:
+        sock.sendall(request + head + b"\0" * sent)
+        return sock.recv(65536)
+
+
+def test_a_full_queue_refuses_an_upload_before_reading_its_body(held: RunningService):
+    with concurrent.futures.ThreadPoolExecutor(max_workers=MAX_QUEUE) as pool:
+        waiting = [pool.submit(post_face, held, seed=i) for i in range(MAX_QUEUE)]
+        wait_until(lambda: queue_depth(held) == MAX_QUEUE, message="a full queue")
+        time.sleep(0.6)  # older than the status snapshot the pre-check reads
+        limit = held.settings.max_upload_bytes
+        answer = _partial_upload(held, body_bytes=limit - 1_000, sent=1_000)  # a small part of the body
+        held.engine.gate.set()
+        assert [future.result(timeout=60).status_code for future in waiting] == [200] * MAX_QUEUE
+    status_line = answer.split(b"\r\n", 1)[0]
+    assert b" 429 " in status_line, answer[:300]
+    assert b"queue-full" in answer

@@ -7,15 +7,16 @@ import logging
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, JpegImagePlugin
 
+from facesr.model.preprocess import to_lr_face
 from facesr.service.errors import (
     ImageTooLargeError,
     PayloadTooLargeError,
     UndecodableImageError,
     UnsupportedMediaTypeError,
 )
-from facesr.service.images import check_part_type, decode_upload, encode_image, read_header
+from facesr.service.images import PixelBudget, check_part_type, decode_upload, encode_image, read_header
 from tests.service.conftest import encode, face_array, png_claiming
 
 LIMITS = {"max_bytes": 1 << 20, "max_pixels": 1 << 20}
@@ -167,3 +168,41 @@ def test_encode_image_round_trip(fmt: str, lossless: bool):
     assert decoded.shape == (128, 128, 3)
     error = np.abs(decoded.astype(int) - face.astype(int)).mean()
     assert error == 0 if lossless else error < 4
+
+
+def _jpeg(width: int, height: int) -> bytes:
+    rng = np.random.default_rng(3)
+    small = rng.integers(0, 256, (height // 64 + 1, width // 64 + 1, 3), dtype=np.uint8)
+    photo = Image.fromarray(small).resize((width, height), Image.Resampling.BILINEAR)
+    buffer = io.BytesIO()
+    photo.save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def test_a_large_jpeg_is_decoded_at_a_reduced_scale_a_face_sized_one_exactly(monkeypatch):
+    drafts: list[tuple[int, int]] = []
+    original = JpegImagePlugin.JpegImageFile.draft
+
+    def spy(self, mode, size):
+        drafts.append(size)
+        return original(self, mode, size)
+
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft", spy)
+    large = decode_upload(_jpeg(2400, 1800), max_bytes=1 << 24, max_pixels=1 << 24)
+    assert drafts and min(drafts[-1]) >= 256, drafts  # the decoder scales down, not below 256 px
+    drafts.clear()
+    small = _jpeg(400, 300)
+    decoded = decode_upload(small, max_bytes=1 << 24, max_pixels=1 << 24)
+    assert not drafts, "a face-sized JPEG decodes at full scale, as in training"
+    np.testing.assert_array_equal(decoded.lr_rgb, to_lr_face(Image.open(io.BytesIO(small)))[0])
+    # the reduced-scale result is the same face: within a few grey levels of the full decode
+    full = to_lr_face(Image.open(io.BytesIO(_jpeg(2400, 1800))).convert("RGB"))[0]
+    assert np.abs(large.lr_rgb.astype(int) - full.astype(int)).mean() < 3
+
+
+def test_a_batch_shares_one_pixel_budget() -> None:
+    budget = PixelBudget(3 * 16 * 16)
+    for _ in range(3):
+        decode_upload(encode(face_array(16, 16)), max_bytes=1 << 20, max_pixels=1 << 20, budget=budget)
+    with pytest.raises(ImageTooLargeError, match="pixel budget"):
+        decode_upload(encode(face_array(16, 16)), max_bytes=1 << 20, max_pixels=1 << 20, budget=budget)
