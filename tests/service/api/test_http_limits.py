@@ -272,7 +272,7 @@ def test_requests_beyond_the_connection_cap_get_503(server: LimitedServer):
 
 # -- the options `facesr serve` passes to uvicorn --------------------------------------------------------
 @pytest.fixture
-def captured_run(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, dict[str, Any]]]:
+def captured_run(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[Any, dict[str, Any]]]]:
     import os
 
     for name in list(os.environ):
@@ -281,7 +281,12 @@ def captured_run(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, dict[str, A
     calls: list[tuple[Any, dict[str, Any]]] = []
     monkeypatch.setattr(uvicorn, "run", lambda app, **options: calls.append((app, options)))
     monkeypatch.setattr("facesr.service.api.app.create_app", lambda settings: "the-app")
-    return calls
+    environment = dict(os.environ)
+    yield calls
+    # `serve --workers N` exports its settings into the environment for uvicorn's processes: undo it,
+    # or every later test would build its settings from them.
+    os.environ.clear()
+    os.environ.update(environment)
 
 
 def _assert_limits(options: dict[str, Any]) -> None:
