@@ -269,7 +269,7 @@ _RESULT_ERRORS: dict[str, tuple[type[ServiceError], str]] = {
     "expired": (DeadlineExceededError, "the deadline passed before the job was computed ({})"),
     "cancelled": (ClientClosedRequestError, "the job was cancelled ({})"),
     "bad_input": (UndecodableImageError, "the model could not use this image: {}"),
-    "oom": (ModelOutOfMemoryError, "the model server ran out of memory: {}"),
+    "oom": (ModelOutOfMemoryError, "the model server ran out of memory for this face"),  # no device details
 }
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import logging
 import secrets
 import time
@@ -19,7 +20,7 @@ from fastapi import Request, UploadFile
 from starlette.concurrency import run_in_threadpool
 
 from facesr.service.api.deps import Deadline
-from facesr.service.api.state import ServiceState
+from facesr.service.api.state import SMALL_UPLOAD_PIXELS, ServiceState
 from facesr.service.api.timing import PhaseTimings
 from facesr.service.errors import ClientClosedRequestError, InferenceFailedError, PayloadTooLargeError
 from facesr.service.images import (
@@ -28,8 +29,10 @@ from facesr.service.images import (
     OutputFormat,
     PixelBudget,
     check_part_type,
+    check_size,
     decode_upload,
     encode_image,
+    read_header,
 )
 from facesr.service.queue.base import BackendUnavailable, QueueBackend, QueueFull
 from facesr.service.queue.jobs import Job, JobOptions, JobResult
@@ -62,8 +65,9 @@ async def read_upload(
 ) -> DecodedUpload:
     """Validate one file part and turn it into the 16 x 16 model input.
 
-    Decoding runs in a thread, at most `service.decode_slots` at a time: a large photo decodes to
-    tens of megabytes, and an unbounded number of them at once would be a memory problem.
+    Decoding runs in a thread. A large image (above `SMALL_UPLOAD_PIXELS`, from its header) waits for
+    one of `service.decode_slots`: a large photo decodes to tens of megabytes and CPU-seconds, and an
+    unbounded number of them at once would starve everything else. Small ones decode at once.
 
     Raises UnsupportedMediaTypeError, UndecodableImageError, PayloadTooLargeError or ImageTooLargeError.
     """
@@ -74,15 +78,21 @@ async def read_upload(
             f"the uploaded file has {upload.size} bytes; the limit is {settings.max_upload_bytes}"
         )
     data = await upload.read(settings.max_upload_bytes + 1)
+    check_size(data, settings.max_upload_bytes)
+    header = await run_in_threadpool(read_header, data, settings.max_pixels)  # refusals cost no decoding
+    decode = functools.partial(
+        decode_upload,
+        data,
+        max_bytes=settings.max_upload_bytes,
+        max_pixels=settings.max_pixels,
+        budget=budget,
+    )
+    if header.width * header.height <= SMALL_UPLOAD_PIXELS:
+        with timings.measure("decode"):
+            return await run_in_threadpool(decode)
     async with service.decode_slots:
         with timings.measure("decode"):
-            return await run_in_threadpool(
-                decode_upload,
-                data,
-                max_bytes=settings.max_upload_bytes,
-                max_pixels=settings.max_pixels,
-                budget=budget,
-            )
+            return await run_in_threadpool(decode)
 
 
 def make_job(

@@ -14,8 +14,12 @@ from facesr.service.settings import ServiceSettings
 # The request path needs the advertised models and readiness; asking the backend on every request
 # would add a Redis round trip each time, so a snapshot this young is reused.
 STATUS_MAX_AGE_S = 0.5
-# Uploads decoded at the same time by one API process (decoding is CPU-bound and memory-hungry).
-DECODE_CONCURRENCY = max(2, os.cpu_count() or 2)
+# Large uploads decoded at the same time by one API process: decoding is CPU-bound and memory-hungry, so
+# they get half the cores and the other half stays free for small uploads, the event loop and, in the
+# embedded mode, the model. Uploads up to SMALL_UPLOAD_PIXELS (a 512 x 512 face costs about a millisecond)
+# skip the queue for these slots, so a flood of large images cannot hold up ordinary faces.
+DECODE_CONCURRENCY = max(1, (os.cpu_count() or 2) // 2)
+SMALL_UPLOAD_PIXELS = 512 * 512
 
 
 class StatusCache:
