@@ -12,6 +12,7 @@ touched; only genuine bugs reach the catch-all branch, which is logged with the 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 from collections.abc import Mapping
@@ -338,9 +339,17 @@ def problem_response(
     )
 
 
+# A "queue full" answer is held for its Retry-After (at most this long) before it is sent: a client that
+# honours Retry-After loses nothing (it would wait as long anyway), and one that retries at once is slowed
+# to one refusal per Retry-After per connection, instead of spending the CPU the model needs on refusals.
+MAX_QUEUE_FULL_HOLD_S = 5.0
+
+
 async def handle_exception(request: Request, error: Exception) -> JSONResponse:
     """The one exception handler: map, log unexpected errors with the request id, and respond."""
     problem = problem_for(error)
+    if isinstance(error, QueueFull):
+        await asyncio.sleep(min(error.retry_after_s, MAX_QUEUE_FULL_HOLD_S))
     request_id = getattr(request.state, "request_id", None)
     if problem.unexpected:
         logger.error(

@@ -190,3 +190,17 @@ def test_a_full_queue_refuses_an_upload_before_reading_its_body(held: RunningSer
     status_line = answer.split(b"\r\n", 1)[0]
     assert b" 429 " in status_line, answer[:300]
     assert b"queue-full" in answer
+
+
+def test_a_queue_full_answer_is_held_for_its_retry_after(held: RunningService):
+    """A client that retries at once is slowed to one refusal per Retry-After instead of spinning."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=MAX_QUEUE) as pool:
+        waiting = [pool.submit(post_face, held, seed=i) for i in range(MAX_QUEUE)]
+        wait_until(lambda: queue_depth(held) == MAX_QUEUE, message="a full queue")
+        started = time.monotonic()
+        refused = post_face(held, seed=98)
+        took = time.monotonic() - started
+        held.engine.gate.set()
+        assert [future.result(timeout=60).status_code for future in waiting] == [200] * MAX_QUEUE
+    assert refused.status_code == 429
+    assert took >= min(float(refused.headers["retry-after"]), 5.0) - 0.6  # Retry-After is rounded up
