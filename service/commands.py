@@ -36,6 +36,7 @@ from facesr.service.settings import (
 from facesr.service.startup import StartupError
 
 CONFIG_ERROR_EXIT = 2
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 APP_FACTORY = "facesr.service.api.app:create_app_from_environment"
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -213,6 +214,11 @@ def load_settings(**overrides: Any) -> ServiceSettings:
         raise typer.Exit(CONFIG_ERROR_EXIT) from None
 
 
+def configure_logging(settings: ServiceSettings) -> None:
+    """The log format and FACESR_LOG_LEVEL of every service process."""
+    logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT)
+
+
 def _fail(message: str) -> typer.Exit:
     typer.echo(f"error: {message}", err=True)
     return typer.Exit(CONFIG_ERROR_EXIT)
@@ -295,9 +301,7 @@ def serve(
         max_queue=max_queue,
         log_level=log_level,
     )
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(settings)
     run_options: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,
@@ -345,9 +349,7 @@ def worker(
         raise _fail(
             "`facesr worker` needs FACESR_REDIS_URL (or --redis-url); `facesr serve` alone runs embedded"
         )
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(settings)
 
     if importlib.util.find_spec("torch") is None:
         raise _fail("`facesr worker` runs the model and needs the model runtime: pip install 'facesr[model]'")

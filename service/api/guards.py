@@ -87,7 +87,7 @@ class HeaderGuardMiddleware:
         decides, atomically, for the model asked for.
         """
         service: ServiceState | None = getattr(scope["app"].state, "service", None)
-        if service is None:
+        if service is None:  # only before the app's start-up has run; the route then answers 503 itself
             return
         status = await service.status.get()
         if not status.reachable:

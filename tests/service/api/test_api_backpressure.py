@@ -9,6 +9,7 @@ import concurrent.futures
 import socket
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import httpx
 import pytest
@@ -79,17 +80,24 @@ def held(small_service: RunningService) -> Iterator[RunningService]:
         wait_until(lambda: queue_depth(small_service) == 0, message="the queue to drain")
 
 
-def test_full_queue_answers_429_with_retry_after(held: RunningService):
+@contextmanager
+def full_queue(held: RunningService) -> Iterator[list[concurrent.futures.Future[httpx.Response]]]:
+    """MAX_QUEUE requests admitted and held; on exit the worker is released and they finish."""
     with concurrent.futures.ThreadPoolExecutor(max_workers=MAX_QUEUE) as pool:
         waiting = [pool.submit(post_face, held, seed=i) for i in range(MAX_QUEUE)]
         wait_until(lambda: queue_depth(held) == MAX_QUEUE, message="a full queue")
+        try:
+            yield waiting
+        finally:
+            held.engine.gate.set()
+
+
+def test_full_queue_answers_429_with_retry_after(held: RunningService):
+    with full_queue(held) as waiting:
         before = scrape(held)
-
         refused = post_face(held, seed=99)
-
         after = scrape(held)
-        held.engine.gate.set()
-        admitted = [future.result(timeout=60) for future in waiting]
+    admitted = [future.result(timeout=60) for future in waiting]
     assert refused.status_code == 429, refused.text
     assert refused.headers["content-type"] == "application/problem+json"
     assert refused.json()["type"] == "urn:facesr:problem:queue-full"
@@ -179,14 +187,11 @@ def _partial_upload(service: RunningService, body_bytes: int, sent: int) -> byte
 
 
 def test_a_full_queue_refuses_an_upload_before_reading_its_body(held: RunningService):
-    with concurrent.futures.ThreadPoolExecutor(max_workers=MAX_QUEUE) as pool:
-        waiting = [pool.submit(post_face, held, seed=i) for i in range(MAX_QUEUE)]
-        wait_until(lambda: queue_depth(held) == MAX_QUEUE, message="a full queue")
+    with full_queue(held) as waiting:
         time.sleep(0.6)  # older than the status snapshot the pre-check reads
         limit = held.settings.max_upload_bytes
         answer = _partial_upload(held, body_bytes=limit - 1_000, sent=1_000)  # a small part of the body
-        held.engine.gate.set()
-        assert [future.result(timeout=60).status_code for future in waiting] == [200] * MAX_QUEUE
+    assert [future.result(timeout=60).status_code for future in waiting] == [200] * MAX_QUEUE
     status_line = answer.split(b"\r\n", 1)[0]
     assert b" 429 " in status_line, answer[:300]
     assert b"queue-full" in answer
@@ -194,13 +199,10 @@ def test_a_full_queue_refuses_an_upload_before_reading_its_body(held: RunningSer
 
 def test_a_queue_full_answer_is_held_for_its_retry_after(held: RunningService):
     """A client that retries at once is slowed to one refusal per Retry-After instead of spinning."""
-    with concurrent.futures.ThreadPoolExecutor(max_workers=MAX_QUEUE) as pool:
-        waiting = [pool.submit(post_face, held, seed=i) for i in range(MAX_QUEUE)]
-        wait_until(lambda: queue_depth(held) == MAX_QUEUE, message="a full queue")
+    with full_queue(held) as waiting:
         started = time.monotonic()
         refused = post_face(held, seed=98)
         took = time.monotonic() - started
-        held.engine.gate.set()
-        assert [future.result(timeout=60).status_code for future in waiting] == [200] * MAX_QUEUE
+    assert [future.result(timeout=60).status_code for future in waiting] == [200] * MAX_QUEUE
     assert refused.status_code == 429
     assert took >= min(float(refused.headers["retry-after"]), 5.0) - 0.6  # Retry-After is rounded up

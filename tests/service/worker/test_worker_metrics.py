@@ -94,8 +94,9 @@ _RENDER = textwrap.dedent(
 )
 
 
-def _python(code: str, env: dict[str, str], *args: object) -> str:
-    done = subprocess.run(
+def _run_python(code: str, env: dict[str, str], *args: object) -> subprocess.CompletedProcess[str]:
+    """``python -c code args`` in a fresh interpreter with ``env``; fails the test on a non-zero exit."""
+    return subprocess.run(
         [sys.executable, "-c", code, *map(str, args)],
         cwd=REPO_ROOT,
         env=env,
@@ -104,7 +105,10 @@ def _python(code: str, env: dict[str, str], *args: object) -> str:
         timeout=60,
         check=True,
     )
-    return done.stdout
+
+
+def _python(code: str, env: dict[str, str], *args: object) -> str:
+    return _run_python(code, env, *args).stdout
 
 
 def _value(text: str, name: str) -> float:
@@ -171,15 +175,7 @@ def test_a_killed_processes_inflight_requests_stop_counting(tmp_path: Path) -> N
         killed.wait(timeout=30)
         assert any(str(killed.pid) in name for name in os.listdir(tmp_path))
 
-        done = subprocess.run(
-            [sys.executable, "-c", _SWEEP_AND_RENDER],
-            cwd=REPO_ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-        )
+        done = _run_python(_SWEEP_AND_RENDER, env)
         assert done.stderr.split() == [str(killed.pid)]
         assert _value(done.stdout, "facesr_inflight_requests") == 1  # only the live process's request
         assert any(f"_{alive.pid}.db" in name for name in os.listdir(tmp_path))  # the live one is kept
