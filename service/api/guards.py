@@ -87,7 +87,7 @@ class HeaderGuardMiddleware:
         decides, atomically, for the model asked for.
         """
         service: ServiceState | None = getattr(scope["app"].state, "service", None)
-        if service is None:  # only before the app's start-up has run; the route then answers 503 itself
+        if service is None:  # the app runs without its start-up (uvicorn serves nothing before it)
             return
         status = await service.status.get()
         if not status.reachable:
