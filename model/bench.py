@@ -37,6 +37,8 @@ class BenchReport(TypedDict):
     torch: str
     threads: int
     gflops_per_image: float
+    graph: str
+    peak_tflops: float | None
     repeats: int
     rows: list[dict[str, Any]]
 
@@ -90,8 +92,11 @@ def bench_batch(engine: FaceSR, batch_size: int, repeats: int, warmup: int = 1, 
     return BenchRow(batch_size, per_batch, batch_size / per_batch, int(peak), kind)
 
 
-def run_benchmark(engine: FaceSR, max_batch: int, repeats: int) -> BenchReport:
-    """Every batch size 1, 2, 4, ... up to `max_batch`; a JSON-able report."""
+def run_benchmark(
+    engine: FaceSR, max_batch: int, repeats: int, *, peak_tflops: float | None = None
+) -> BenchReport:
+    """Every batch size 1, 2, 4, ... up to `max_batch`; a JSON-able report. With the device's
+    ``peak_tflops`` the table also shows the fraction of it that the convolutions reach."""
     rows = [bench_batch(engine, size, repeats) for size in batch_sizes_up_to(max_batch)]
     return BenchReport(
         model=engine.describe(),
@@ -101,6 +106,8 @@ def run_benchmark(engine: FaceSR, max_batch: int, repeats: int) -> BenchReport:
         torch=torch.__version__,
         threads=torch.get_num_threads(),
         gflops_per_image=flops_per_image(engine) / 1e9,
+        graph=engine.graph,
+        peak_tflops=peak_tflops,
         repeats=repeats,
         rows=[asdict(row) for row in rows],
     )
@@ -108,16 +115,19 @@ def run_benchmark(engine: FaceSR, max_batch: int, repeats: int) -> BenchReport:
 
 def format_table(report: BenchReport) -> str:
     """A markdown table of a `run_benchmark` report."""
+    gflops, peak = report["gflops_per_image"], report["peak_tflops"]
     lines = [
-        f"device {report['device']}, dtype {report['dtype']}, threads {report['threads']}, "
-        f"{report['gflops_per_image']:.2f} GFLOPs/image",
+        f"device {report['device']}, dtype {report['dtype']}, {report['graph']}, "
+        f"threads {report['threads']}, {gflops:.2f} GFLOPs/image",
         "",
-        "| batch | s/batch | images/s | peak memory (MiB) |",
-        "|---:|---:|---:|---:|",
+        "| batch | s/batch | images/s | TFLOP/s | fraction of peak | peak memory (MiB) |",
+        "|---:|---:|---:|---:|---:|---:|",
     ]
     for row in report["rows"]:
+        tflops = row["images_per_second"] * gflops / 1000
+        fraction = f"{tflops / peak:.3f}" if peak else "-"
         lines.append(
-            f"| {row['batch_size']} | {row['seconds_per_batch']:.3f} | {row['images_per_second']:.2f} | "
-            f"{row['peak_memory_bytes'] / 2**20:.0f} ({row['memory_kind']}) |"
+            f"| {row['batch_size']} | {row['seconds_per_batch']:.4f} | {row['images_per_second']:.2f} | "
+            f"{tflops:.3f} | {fraction} | {row['peak_memory_bytes'] / 2**20:.0f} ({row['memory_kind']}) |"
         )
     return "\n".join(lines)

@@ -123,6 +123,13 @@ def bench_model(
     repeats: Annotated[int, typer.Option(min=1)] = 3,
     device: DeviceOption = "auto",
     dtype: DtypeOption = "fp32",
+    compile: Annotated[
+        bool, typer.Option(help="torch.compile with a bucket per batch size (CUDA graphs on CUDA)")
+    ] = False,
+    peak_tflops: Annotated[
+        float | None,
+        typer.Option(help="the device's peak TFLOP/s at this dtype, to print the fraction reached"),
+    ] = None,
     json_out: Annotated[Path, typer.Option("--json", help="where to write the JSON report")] = Path(
         "bench-model.json"
     ),
@@ -132,19 +139,23 @@ def bench_model(
     from facesr.model.config import DICConfig
     from facesr.model.inference import FaceSR
 
-    presets = {"paper": DICConfig.paper, "reduced": DICConfig.reduced, "tiny": DICConfig.tiny}
     try:
         if config is not None:
-            if config not in presets:
-                raise _fail(f"--config must be one of {sorted(presets)}")
             engine = FaceSR.from_config(
-                presets[config](), device=device, dtype=dtype, name=f"{config}-random"
+                DICConfig.preset(config),
+                device=device,
+                dtype=dtype,
+                name=f"{config}-random",
+                compile=compile,
+                max_batch_size=max_batch,
             )
         else:
-            engine = FaceSR.from_checkpoint(checkpoint, device=device, dtype=dtype)
+            engine = FaceSR.from_checkpoint(
+                checkpoint, device=device, dtype=dtype, compile=compile, max_batch_size=max_batch
+            )
     except (FaceSRError, ValueError) as error:
         raise _fail(str(error)) from error
-    report = run_benchmark(engine, max_batch, repeats)
+    report = run_benchmark(engine, max_batch, repeats, peak_tflops=peak_tflops)
     json_out.write_text(json.dumps(report, indent=2))
     typer.echo(format_table(report))
     typer.echo(f"report written to {json_out}")

@@ -122,6 +122,18 @@ class DICConfig:
         base = dict(num_features=8, num_groups=2, hg_num_features=64, num_fusion_blocks=2)
         return cls(**{**base, **overrides})
 
+    @classmethod
+    def preset(cls, name: str) -> DICConfig:
+        """``paper``, ``reduced`` or ``tiny`` by name.
+
+        Raises:
+            ValueError: another name.
+        """
+        presets = {"paper": cls.paper, "reduced": cls.reduced, "tiny": cls.tiny}
+        if name not in presets:
+            raise ValueError(f"the preset must be one of {sorted(presets)}, got {name!r}")
+        return presets[name]()
+
     # -- (de)serialisation ---------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict of every field."""

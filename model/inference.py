@@ -21,6 +21,7 @@ from facesr.model.generator import DICGenerator, count_parameters
 from facesr.model.landmarks import decode_heatmaps, landmark_confidence
 from facesr.model.normalization import images_to_tensor, tensor_to_images
 from facesr.model.preprocess import to_lr_face
+from facesr.model.runtime import GeneratorRunner, bucket_sizes
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,8 @@ class FaceSR:
     """A DIC generator on a device, ready for batches of faces.
 
     Half-precision dtypes run the fp32 weights under autocast; when an output is not finite the batch
-    is run again in fp32 (counted in `fp32_fallbacks`).
+    is run again in fp32 (counted in `fp32_fallbacks`). ``compile`` runs the network through
+    ``torch.compile`` with batch buckets up to ``max_batch_size`` (`facesr.model.runtime`).
     """
 
     def __init__(
@@ -66,12 +68,18 @@ class FaceSR:
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None,
         weights_sha256: str | None = None,
+        compile: bool = False,
+        max_batch_size: int = 8,
     ) -> None:
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         self.generator = generator.to(self.device).eval()
         for parameter in self.generator.parameters():
             parameter.requires_grad_(False)
+        self.runner = GeneratorRunner(
+            self.generator, self.device, compile=compile, buckets=bucket_sizes(max_batch_size)
+        )
+        self.graph = "compiled" if compile else "eager"
         self.card = card
         self.config: DICConfig = generator.config
         sha = weights_sha256 or _weights_digest(generator)
@@ -86,6 +94,8 @@ class FaceSR:
         *,
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None,
+        compile: bool = False,
+        max_batch_size: int = 8,
     ) -> FaceSR:
         """Load a facesr checkpoint (None = the bundled default)."""
         path = Path(path) if path is not None else DEFAULT_CHECKPOINT
@@ -94,7 +104,15 @@ class FaceSR:
                 f"the bundled default checkpoint is missing ({path}); pass a checkpoint path"
             )
         loaded = load_generator(path)
-        return cls(loaded.generator, loaded.card, device=device, dtype=dtype, weights_sha256=loaded.sha256)
+        return cls(
+            loaded.generator,
+            loaded.card,
+            device=device,
+            dtype=dtype,
+            weights_sha256=loaded.sha256,
+            compile=compile,
+            max_batch_size=max_batch_size,
+        )
 
     @classmethod
     def from_config(
@@ -105,6 +123,8 @@ class FaceSR:
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None,
         name: str = "random",
+        compile: bool = False,
+        max_batch_size: int = 8,
     ) -> FaceSR:
         """Random weights (PyTorch default init, seeded): for tests and benchmarks, not for faces."""
         with torch.random.fork_rng(devices=[]):
@@ -117,7 +137,9 @@ class FaceSR:
             parameters=count_parameters(generator),
             provenance=f"torch.manual_seed({seed})",
         )
-        return cls(generator, card, device=device, dtype=dtype)
+        return cls(
+            generator, card, device=device, dtype=dtype, compile=compile, max_batch_size=max_batch_size
+        )
 
     # -- inference -------------------------------------------------------------------------------
     def enhance(
@@ -170,14 +192,16 @@ class FaceSR:
         """Mean-subtracted B x 3 x 16 x 16 -> (every step's SR, final heatmaps or None)."""
         if self.dtype != torch.float32:
             with torch.autocast(device_type=self.device.type, dtype=self.dtype):
-                sr_steps, heatmap_steps = self.generator(x)
+                sr_steps, heatmap_steps = self.runner(x)
             finite = all(torch.isfinite(t).all() for t in (*sr_steps, *heatmap_steps))
             if finite:
                 return [t.float() for t in sr_steps], heatmap_steps[-1].float() if heatmap_steps else None
             self.fp32_fallbacks += 1
             log.warning("non-finite %s output; re-running the batch in fp32", dtype_name(self.dtype))
-        sr_steps, heatmap_steps = self.generator(x)
-        return list(sr_steps), heatmap_steps[-1] if heatmap_steps else None
+            sr_steps, heatmap_steps = self.generator(x)  # eager: a graph compiled under autocast is not fp32
+            return list(sr_steps), heatmap_steps[-1] if heatmap_steps else None
+        sr_steps, heatmap_steps = self.runner(x)
+        return sr_steps, heatmap_steps[-1] if heatmap_steps else None
 
     def describe(self) -> dict[str, object]:
         """A short JSON-able description (model id, device, dtype, parameters)."""
@@ -186,6 +210,7 @@ class FaceSR:
             "name": self.card.name,
             "device": str(self.device),
             "dtype": dtype_name(self.dtype),
+            "graph": self.graph,
             "parameters": count_parameters(self.generator),
         }
 

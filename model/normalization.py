@@ -33,7 +33,10 @@ def images_to_tensor(
     tensor = torch.from_numpy(np.array(images, copy=True)) if isinstance(images, np.ndarray) else images
     if tensor.dtype != torch.uint8 or tensor.ndim != 4 or tensor.shape[-1] != 3:
         raise ValueError(f"expected N x H x W x 3 uint8 images, got {tuple(tensor.shape)} {tensor.dtype}")
-    if device is not None:
+    if device is not None and torch.device(device).type == "cuda" and tensor.device.type == "cpu":
+        # Page-locked host memory: the copy to the GPU is one DMA transfer that does not block the host.
+        tensor = tensor.pin_memory().to(device, non_blocking=True)
+    elif device is not None:
         tensor = tensor.to(device)
     x = tensor.permute(0, 3, 1, 2).to(torch.float32).mul_(float(_INV_255))
     return x - _mean_tensor(x)

@@ -1,9 +1,10 @@
 """The `facesr` command line: one Typer app; each area registers its own subcommands.
 
-`serve` and `worker` are always there. The model commands (`enhance`, `bench-model`, `convert-official`)
-need the model runtime (`pip install 'facesr[model]'`), and the training commands (`prepare`, `evaluate`,
-`train`, `release`) come from the separate training package (`pip install 'facesr[train]'`): each group is
-registered only where its dependencies are installed, and elsewhere the help says how to get it.
+`serve` and `worker` are always there. The model commands (`enhance`, `bench-model`, `bench-service`,
+`convert-official`) need the model runtime (`pip install 'facesr[model]'`), and the training commands
+(`prepare`, `evaluate`, `train`, `release`) come from the separate training package
+(`pip install 'facesr[train]'`): each group is registered only where its dependencies are installed, and
+elsewhere the help says how to get it.
 Importing this module imports no torch: every command loads the model only when it runs.
 """
 
@@ -20,7 +21,8 @@ from facesr.service import commands as service_commands
 MODEL_REQUIREMENTS = ("torch", "safetensors")
 TRAINING_REQUIREMENTS = (*MODEL_REQUIREMENTS, "yaml", "onnxruntime", "skimage", "tensorboard")
 MODEL_HINT = (
-    "Model commands (enhance, bench-model, convert-official) and `facesr worker` need the model runtime: "
+    "Model commands (enhance, bench-model, bench-service, convert-official) and `facesr worker` need the "
+    "model runtime: "
     "pip install 'facesr[model]'"
 )
 TRAINING_HINT = (
@@ -54,7 +56,10 @@ def build_app() -> typer.Typer:
         pretty_exceptions_enable=False,
     )
     if has_model:
+        from facesr.service.bench import command as bench_command
+
         model_cli.register(app)
+        bench_command.register(app)
     if has_training:
         from facesr.train import cli as train_cli
 

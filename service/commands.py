@@ -53,7 +53,18 @@ CheckpointOption = Annotated[
 DeviceOption = Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:N [env FACESR_DEVICE].")]
 DtypeOption = Annotated[str | None, typer.Option(help="fp32, bf16 or fp16 [env FACESR_DTYPE].")]
 BatchOption = Annotated[
-    int | None, typer.Option("--max-batch-size", help="Largest model batch [env FACESR_MAX_BATCH_SIZE].")
+    str | None,
+    typer.Option("--max-batch-size", help="Largest model batch, or auto [env FACESR_MAX_BATCH_SIZE]."),
+]
+RunnersOption = Annotated[
+    str | None,
+    typer.Option("--runners", help="Model runners side by side, or auto [env FACESR_RUNNERS]."),
+]
+ThreadsOption = Annotated[
+    str | None,
+    typer.Option(
+        "--threads-per-runner", help="CPU threads of each runner, or auto [env FACESR_THREADS_PER_RUNNER]."
+    ),
 ]
 WaitOption = Annotated[
     float | None,
@@ -276,6 +287,8 @@ def serve(
     device: DeviceOption = None,
     dtype: DtypeOption = None,
     max_batch_size: BatchOption = None,
+    runners: RunnersOption = None,
+    threads_per_runner: ThreadsOption = None,
     max_wait_ms: WaitOption = None,
     max_queue: Annotated[
         int | None, typer.Option("--max-queue", help="Queued jobs before 429 [env FACESR_MAX_QUEUE].")
@@ -297,6 +310,8 @@ def serve(
         device=device,
         dtype=dtype,
         max_batch_size=max_batch_size,
+        runners=runners,
+        threads_per_runner=threads_per_runner,
         max_wait_ms=max_wait_ms,
         max_queue=max_queue,
         log_level=log_level,
@@ -327,6 +342,8 @@ def worker(
     device: DeviceOption = None,
     dtype: DtypeOption = None,
     max_batch_size: BatchOption = None,
+    runners: RunnersOption = None,
+    threads_per_runner: ThreadsOption = None,
     max_wait_ms: WaitOption = None,
     metrics_port: Annotated[
         int | None,
@@ -341,6 +358,8 @@ def worker(
         device=device,
         dtype=dtype,
         max_batch_size=max_batch_size,
+        runners=runners,
+        threads_per_runner=threads_per_runner,
         max_wait_ms=max_wait_ms,
         metrics_port=metrics_port,
         log_level=log_level,

@@ -20,7 +20,7 @@ import re
 import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -35,6 +35,9 @@ from prometheus_client import (
 from prometheus_client.metrics_core import Metric
 
 from facesr.service.queue.events import QueueEvents
+
+if TYPE_CHECKING:
+    from facesr.service.worker.layout import RunnerLayout
 
 log = logging.getLogger(__name__)
 
@@ -128,12 +131,36 @@ WORKER_READY = Gauge(
     "1 while the worker loop is warmed up and serving, else 0 (summed over live processes).",
     multiprocess_mode="livesum",
 )
+RUNNER_LAYOUT = Gauge(
+    "facesr_runner_layout",
+    "Always 1; labels give a worker's runner layout and how it was chosen (settings, measured, device).",
+    ["device", "runners", "threads_per_runner", "max_batch_size", "chosen_by"],
+    multiprocess_mode="livemax",
+)
+RUNNERS = Gauge(
+    "facesr_runners",
+    "Model runners (threads computing batches side by side) of the worker (summed over live processes).",
+    multiprocess_mode="livesum",
+)
 MODEL_INFO = Gauge(
     "facesr_model_info",
     "Always 1; labels describe a model a worker serves.",
     ["model", "model_id", "dtype", "device"],
     multiprocess_mode="livemax",
 )
+
+
+def publish_layout(layout: RunnerLayout) -> None:
+    """Show a worker's :class:`~facesr.service.worker.layout.RunnerLayout` (the only one per process)."""
+    RUNNER_LAYOUT.clear()
+    RUNNER_LAYOUT.labels(
+        device=layout.device,
+        runners=str(layout.runners),
+        threads_per_runner=str(layout.threads_per_runner),
+        max_batch_size=str(layout.max_batch_size),
+        chosen_by=layout.chosen_by,
+    ).set(1)
+    RUNNERS.set(layout.runners)
 
 
 def multiprocess_dir() -> str | None:
@@ -164,6 +191,8 @@ WORKER_METRICS = (
     OOM_SPLITS,
     GPU_MEMORY,
     WORKER_READY,
+    RUNNER_LAYOUT,
+    RUNNERS,
     MODEL_INFO,
 )
 # What a scrape target exposes: the API process in Redis mode only API metrics and a worker only worker

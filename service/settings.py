@@ -22,6 +22,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from facesr.service.queue.keys import check_name
 from facesr.service.queue.settings import REDIS_SCHEMES, QueueSettings, redacted_url
+from facesr.service.worker.layout import CUDA_DEFAULT_BATCH
 from facesr.service.worker.settings import WorkerSettings
 
 ENV_PREFIX = "FACESR_"
@@ -36,6 +37,10 @@ def _split_comma_list(value: object) -> object:
     if isinstance(value, str):
         return [item.strip() for item in value.split(",") if item.strip()]
     return value
+
+
+# A runner-layout setting: a number, or "auto" (chosen for the device at warm-up, see worker/layout.py).
+LayoutChoice = Annotated[int, Field(ge=1, le=512)] | Literal["auto"]
 
 
 class ServiceSettings(BaseSettings):
@@ -72,11 +77,31 @@ class ServiceSettings(BaseSettings):
         "fp32", description="Inference precision; bf16/fp16 only on CUDA."
     )
 
+    compile: bool = Field(
+        False,
+        description="Run the network through torch.compile with fixed batch buckets (CUDA graphs on CUDA); "
+        "compiling takes minutes per bucket on a small CPU.",
+    )
+
     # --- batching and admission --------------------------------------------------------------
     warmup: Literal["all", "pow2"] = Field(
         "all", description="Batch sizes the worker runs once before serving: all of 1..B, or powers of 2."
     )
-    max_batch_size: int = Field(8, ge=1, le=512, description="Largest batch the worker runs at once.")
+    max_batch_size: LayoutChoice = Field(
+        "auto",
+        description="Largest batch a runner computes at once; auto: measured at warm-up on CPU (1, 2, 4 "
+        "or 8), 64 on CUDA (lowered at warm-up when it does not fit).",
+    )
+    runners: LayoutChoice = Field(
+        "auto",
+        description="Model runners per worker process, computing batches side by side; auto: measured at "
+        "warm-up on CPU (one per core usually wins), 1 on CUDA.",
+    )
+    threads_per_runner: LayoutChoice = Field(
+        "auto",
+        description="Intra-op CPU threads of each runner; auto: measured at warm-up on CPU, PyTorch's "
+        "default on CUDA.",
+    )
     max_wait_ms: float = Field(
         5.0,
         ge=0,
@@ -286,6 +311,11 @@ class ServiceSettings(BaseSettings):
         """FACESR_DEVICE as the model package expects it (None = CUDA when available, else CPU)."""
         return None if self.device == "auto" else self.device
 
+    @property
+    def batch_ceiling(self) -> int:
+        """The largest batch a worker may choose: FACESR_MAX_BATCH_SIZE, or the ceiling of "auto"."""
+        return self.max_batch_size if isinstance(self.max_batch_size, int) else CUDA_DEFAULT_BATCH
+
     def checkpoint_paths(self) -> list[Path | None]:
         """The checkpoints to serve; [None] stands for the bundled default."""
         return list(self.checkpoint) or [None]
@@ -296,7 +326,7 @@ class ServiceSettings(BaseSettings):
             url=self.redis_url,
             prefix=self.queue_prefix,
             max_queue=self.max_queue,
-            max_batch_size=self.max_batch_size,
+            max_batch_size=self.batch_ceiling,
             max_deliveries=self.max_deliveries,
             claim_idle_ms=self.claim_idle_ms,
             reply_ttl_s=self.reply_ttl_s,
@@ -310,7 +340,9 @@ class ServiceSettings(BaseSettings):
         housekeeping that takes over dead workers' jobs runs four times per ``claim_idle_ms``.
         """
         return WorkerSettings(
-            max_batch_size=self.max_batch_size,
+            max_batch_size=_fixed(self.max_batch_size),
+            runners=_fixed(self.runners),
+            threads_per_runner=_fixed(self.threads_per_runner),
             max_wait_ms=self.max_wait_ms,
             warmup=self.warmup,
             heartbeat_interval_s=min(self.heartbeat_ttl_s / 4, self.claim_idle_ms / 3000),
@@ -318,6 +350,11 @@ class ServiceSettings(BaseSettings):
             maintenance_interval_s=max(0.2, self.claim_idle_ms / 4000),
             batch_timeout_s=self.batch_timeout_s,
         )
+
+
+def _fixed(choice: int | Literal["auto"]) -> int | None:
+    """A layout setting as the worker takes it: the number, or None for "choose for the device"."""
+    return choice if isinstance(choice, int) else None
 
 
 def settings_error_message(error: ValidationError) -> str:

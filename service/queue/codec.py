@@ -314,6 +314,7 @@ def decode_heartbeat(payload: object) -> WorkerInfo:
             ready=wire.boolean(data.get("ready"), "ready"),
             models=models,
             max_batch_size=wire.integer(data.get("max_batch_size", 1), "max_batch_size", low=1, high=1 << 20),
+            runners=wire.integer(data.get("runners", 1), "runners", low=1, high=4096),
             throughput=wire.number(data.get("throughput", 0.0), "throughput", low=0.0, high=1e9),
             batches=wire.integer(data.get("batches", 0), "batches", low=0, high=1 << 62),
             inferences=wire.integer(data.get("inferences", 0), "inferences", low=0, high=1 << 62),

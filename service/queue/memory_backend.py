@@ -230,7 +230,9 @@ class InProcessQueue:
         info = self.source.last_heartbeat
         models = {}
         if ready and info is not None:
-            models = {name: {**card, "workers": 1} for name, card in info.models.items()}
+            models = {
+                name: {**card, "workers": 1, "runners": info.runners} for name, card in info.models.items()
+            }
         depth = self.source.depth()
         detail = "in-process worker " + ("ready" if ready else "warming up" if alive else "stopped")
         return BackendStatus(alive, int(ready), models, depth, detail)

@@ -197,8 +197,9 @@ class RedisQueue:
             models: dict[str, dict] = {}
             for worker in ready:
                 for name, card in worker.models.items():
-                    entry = models.setdefault(name, {**card, "workers": 0})
+                    entry = models.setdefault(name, {**card, "workers": 0, "runners": 0})
                     entry["workers"] += 1
+                    entry["runners"] += worker.runners
             streams = sorted({*models, *self._models_seen})
             depth = 0
             if streams:

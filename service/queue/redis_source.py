@@ -14,6 +14,10 @@ their delivery count lowered by one, so rolling restarts never push a healthy jo
 Every Redis failure surfaces as :class:`BackendUnavailable`; the worker loop backs off and retries. After
 a reconnect the consumer first re-reads the entries it already owns (XREADGROUP ... 0), and recreates
 its consumer groups if Redis came back empty.
+
+A worker's runners share one source: batches are formed one at a time (a lock), and the entries handed
+out and not yet finished are remembered, so re-reading the consumer's own entries after a reconnect
+never hands a batch that another runner is computing to a second runner.
 """
 
 from __future__ import annotations
@@ -130,6 +134,8 @@ class RedisJobSource:
         self._streams: list[str] = []
         self._backlog: deque[Delivery] = deque()
         self._backlog_lock = threading.Lock()
+        self._read_lock = threading.Lock()  # one batch is formed at a time
+        self._handed_out: set[Handle] = set()  # delivered to a runner, not finished yet (_backlog_lock)
         self._reread_own = True
         self._groups_ready = False
         self._next_consumer_gc = 0.0
@@ -206,6 +212,13 @@ class RedisJobSource:
 
     # -- reading -------------------------------------------------------------------------------------
     def next_batch(self, max_items: int, max_wait_s: float, stop: threading.Event) -> list[Delivery]:
+        with self._read_lock:
+            batch = self._next_batch(max_items, max_wait_s, stop)
+        with self._backlog_lock:
+            self._handed_out.update(d.handle for d in batch)
+        return batch
+
+    def _next_batch(self, max_items: int, max_wait_s: float, stop: threading.Event) -> list[Delivery]:
         with self._errors():
             if not self._groups_ready:
                 self._ensure_groups()
@@ -272,9 +285,10 @@ class RedisJobSource:
         return Delivery((stream, entry_id), job.request_id, job, reply_to, attempt)
 
     def _adopt(self, deliveries: Sequence[Delivery]) -> None:
-        """Keep entries for later batches; an entry already held (re-read after a claim) is not doubled."""
+        """Keep entries for later batches; an entry already held (re-read after a claim) or being computed
+        by a runner (re-read after a reconnect) is not doubled."""
         with self._backlog_lock:
-            held = {d.handle for d in self._backlog}
+            held = {d.handle for d in self._backlog} | self._handed_out
             self._backlog.extend(d for d in deliveries if d.handle not in held)
 
     def _take_backlog(self, max_items: int) -> list[Delivery]:
@@ -306,6 +320,13 @@ class RedisJobSource:
         """Push replies (refreshing each list's TTL), then XACK + XDEL, in one round trip."""
         if not answered:
             return
+        try:
+            self._reply_and_ack(answered)
+        finally:  # finished or not, no runner holds them now: a re-read after a failure may take them
+            with self._backlog_lock:
+                self._handed_out.difference_update(d.handle for d, _ in answered)
+
+    def _reply_and_ack(self, answered: Sequence[tuple[Delivery, JobResult]]) -> None:
         ttl = max(1, int(self.reply_ttl_s))
         with self._errors():
             pipe = self.client.pipeline(transaction=False)

@@ -39,6 +39,7 @@ class WorkerInfo:
     ready: bool
     models: dict[str, dict[str, Any]] = field(default_factory=dict)
     max_batch_size: int = 1
+    runners: int = 1  # model runners taking batches side by side
     throughput: float = 0.0  # faces per second of compute, moving average (0 = not measured yet)
     batches: int = 0
     inferences: int = 0

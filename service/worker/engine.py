@@ -52,6 +52,7 @@ def describe_engine(engine: Engine) -> dict[str, Any]:
         "model_id": engine.model_id,
         "device": str(engine.device),
         "dtype": dtype_label(engine.dtype),
+        "graph": getattr(engine, "graph", "eager"),
     }
 
 
@@ -64,12 +65,22 @@ def dtype_label(dtype: torch.dtype) -> str:
 
 
 def load_engines(
-    checkpoints: Sequence[str | Path | None], *, device: str | None = None, dtype: str | None = None
+    checkpoints: Sequence[str | Path | None],
+    *,
+    device: str | None = None,
+    dtype: str | None = None,
+    compile: bool = False,
+    max_batch_size: int = 8,
 ) -> dict[str, Engine]:
-    """Load each checkpoint (None = the bundled default) and key it by its card's name."""
+    """Load each checkpoint (None = the bundled default) and key it by its card's name.
+
+    ``compile`` and ``max_batch_size`` say how each is executed (see :mod:`facesr.model.runtime`).
+    """
     engines: dict[str, Engine] = {}
     for path in checkpoints or [None]:
-        engine = FaceSR.from_checkpoint(path, device=device, dtype=dtype)
+        engine = FaceSR.from_checkpoint(
+            path, device=device, dtype=dtype, compile=compile, max_batch_size=max_batch_size
+        )
         name = engine.card.name
         if name in engines:
             raise ValueError(f"two checkpoints advertise the model name {name!r}; names must be unique")
@@ -86,6 +97,12 @@ def load_served_engines(settings: ServiceSettings) -> dict[str, Engine]:
     """
     check_checkpoints(settings)
     try:
-        return load_engines(settings.checkpoint_paths(), device=settings.torch_device, dtype=settings.dtype)
+        return load_engines(
+            settings.checkpoint_paths(),
+            device=settings.torch_device,
+            dtype=settings.dtype,
+            compile=settings.compile,
+            max_batch_size=settings.batch_ceiling,
+        )
     except (CheckpointError, ValueError, OSError) as error:
         raise StartupError(f"cannot load the model (FACESR_CHECKPOINT): {error}") from error

@@ -2,8 +2,9 @@
 
 The loop (B = ``max_batch_size``, W = ``max_wait_ms``)::
 
-    warm up every batch size it will use, then advertise ready in the heartbeat
-    repeat until stopped:
+    choose the runner layout (runners, threads per runner, B; measured on CPU, see `layout.py`)
+    on each runner thread: warm up every batch size it will use; once all have, advertise ready
+    each runner repeats until stopped:
         take a batch: block <= 1 s for the first job, then collect until B jobs or W ms after the first
         answer cancelled, expired and malformed jobs without computing them (counted)
         run the model on the rest; a failing item is isolated and answered alone; CUDA OOM splits the batch
@@ -18,8 +19,12 @@ heartbeat thread log an error, report the worker not ready and withdraw its hear
 its in-flight jobs, so other workers take them over. Should the batch finish after all, the worker
 answers it (a second answer is dropped as late by the API) and reports ready again.
 
-Operators start it as ``facesr worker`` (see `process.py`); the embedded server runs the same class on a
-thread of the API process.
+Runners share the engines (inference only reads the weights) and the job source (both sources are safe
+to read from several threads), and answer their batches independently. Counters, throughput and the
+stall watchdog cover all of them; the worker is one consumer with one heartbeat.
+
+Operators start it as ``facesr worker`` (see `process.py`); the embedded server runs the same class on
+threads of the API process.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ from facesr.service.queue.jobs import ErrorKind, Job, JobResult
 from facesr.service.queue.source import Delivery, JobSource, WorkerInfo
 from facesr.service.worker.engine import Engine, describe_engine, dtype_label, engine_landmark_quality
 from facesr.service.worker.isolation import ItemFailure, run_isolating_failures
+from facesr.service.worker.layout import RunnerLayout, choose_layout
 from facesr.service.worker.settings import WarmupMode, WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -102,9 +108,10 @@ class Worker:
         self.engines = dict(engines)
         self.source = source
         self.settings = settings
-        self.max_batch_size = settings.max_batch_size
+        self.layout: RunnerLayout | None = None  # chosen at warm-up
+        self.max_batch_size = settings.max_batch_size or 1  # the layout's, once chosen
         self.max_wait_s = settings.max_wait_ms / 1000.0
-        self.warmup_batch_sizes = warmup_sizes(settings.max_batch_size, settings.warmup)
+        self.warmup_batch_sizes: list[int] = []
         self.heartbeat_interval_s = settings.heartbeat_interval_s
         self.heartbeat_ttl_s = settings.heartbeat_ttl_s
         self.maintenance_interval_s = settings.maintenance_interval_s
@@ -113,8 +120,9 @@ class Worker:
         self._stop = threading.Event()
         self._ready = False
         self._lock = threading.Lock()
-        self._in_flight: list[Delivery] = []
-        self._batch_started = 0.0  # monotonic start of the batch in flight
+        self._in_flight: dict[int, tuple[float, list[Delivery]]] = {}  # runner -> (monotonic start, batch)
+        self._warmed_runners = 0
+        self._runner_errors: list[BaseException] = []
         self._stalled = False  # set by the heartbeat thread while a batch overruns batch_timeout_s
         self._throughput = 0.0
         self._batches = 0
@@ -127,9 +135,15 @@ class Worker:
         self._stop.set()
 
     @property
+    def runners(self) -> int:
+        """Model runners of the chosen layout (0 before it is chosen)."""
+        return self.layout.runners if self.layout is not None else 0
+
+    @property
     def throughput(self) -> float:
-        """Faces per second of model time, moving average over recent batches (0 before any)."""
-        return self._throughput
+        """Faces per second of model time of all runners together, from a moving average over recent
+        batches (0 before any)."""
+        return self._throughput * max(1, self.runners)
 
     def is_ready(self) -> bool:
         """True once every batch size is warmed and until the loop stops, except while a batch is stalled."""
@@ -137,12 +151,14 @@ class Worker:
 
     def info(self) -> WorkerInfo:
         """The heartbeat payload."""
+        layout = {"runner_layout": self.layout.as_dict()} if self.layout is not None else {}
         return WorkerInfo(
             worker_id=self.worker_id,
             ready=self.is_ready(),
-            models={name: describe_engine(engine) for name, engine in self.engines.items()},
+            models={name: {**describe_engine(engine), **layout} for name, engine in self.engines.items()},
             max_batch_size=self.max_batch_size,
-            throughput=round(self._throughput, 3),
+            runners=max(1, self.runners),
+            throughput=round(self.throughput, 3),
             batches=self._batches,
             inferences=self._inferences,
             started_at=self._started_at,
@@ -157,11 +173,9 @@ class Worker:
             heartbeat = threading.Thread(target=self._heartbeat_loop, name="facesr-heartbeat", daemon=True)
             heartbeat.start()
             try:
-                self.warm_up()
+                self.plan_layout()
                 if not self._stop.is_set():
-                    self._set_ready(True)
-                    self._send_heartbeat()
-                    self._serve()
+                    self._run_runners()
             finally:
                 self._set_ready(False)
                 self._stop.set()
@@ -172,12 +186,85 @@ class Worker:
                     log.warning("could not withdraw the heartbeat on exit: %s", exc)
                 log.info("worker %s stopped after %d batches", self.worker_id, self._batches)
 
-    def warm_up(self) -> None:
-        """Run every batch size once per engine (kernel selection, allocator pools) before serving.
+    def plan_layout(self) -> RunnerLayout:
+        """Choose the runner layout once: fixed settings, the device's rule, or a measurement on CPU
+        (each candidate runs the first engine for ``layout_trial_s``)."""
+        if self.layout is not None:
+            return self.layout
+        engine = next(iter(self.engines.values()))
+        side = engine.config.lr_size
 
-        A size that runs out of GPU memory here lowers ``max_batch_size`` to the largest size that ran,
-        so the worker does not pay for an out-of-memory split on every full batch.
+        def run_batch(size: int) -> None:
+            engine.enhance_tensor(np.zeros((size, side, side, 3), np.uint8))
+
+        started = time.perf_counter()
+        layout = choose_layout(
+            self.settings.layout_request(),
+            str(engine.device),
+            run_batch,
+            torch.set_num_threads,
+            trial_s=self.settings.layout_trial_s,
+        )
+        self.layout = layout
+        self.max_batch_size = layout.max_batch_size
+        self.warmup_batch_sizes = warmup_sizes(layout.max_batch_size, self.settings.warmup)
+        metrics.publish_layout(layout)
+        log.info(
+            "runner layout on %s: %d runner(s) x %d thread(s), batches up to %d (%s in %.1f s)%s",
+            layout.device,
+            layout.runners,
+            layout.threads_per_runner,
+            layout.max_batch_size,
+            layout.chosen_by,
+            time.perf_counter() - started,
+            "".join(
+                f"; {t.runners}x{t.threads_per_runner} b{t.batch_size}: {t.faces_per_second:.1f}/s"
+                for t in layout.trials
+            ),
+        )
+        return layout
+
+    def _run_runners(self) -> None:
+        """Start a thread per runner and wait for all of them; a runner's crash stops the others and is
+        raised here."""
+        layout = self.plan_layout()
+        threads = [
+            threading.Thread(target=self._runner, args=(index,), name=f"facesr-runner-{index}", daemon=True)
+            for index in range(layout.runners)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            while thread.is_alive():  # short joins keep the calling (main) thread responsive to signals
+                thread.join(timeout=0.2)
+        if self._runner_errors:
+            raise self._runner_errors[0]
+
+    def _runner(self, index: int) -> None:
+        layout = self.plan_layout()
+        try:
+            if layout.threads_per_runner:
+                torch.set_num_threads(layout.threads_per_runner)
+            self.warm_up()
+            with self._lock:
+                self._warmed_runners += 1
+                everyone_warm = self._warmed_runners == layout.runners
+            if everyone_warm and not self._stop.is_set():
+                self._set_ready(True)
+                self._send_heartbeat()
+            self._serve(index)
+        except BaseException as error:
+            self._runner_errors.append(error)
+            self.stop()
+
+    def warm_up(self) -> None:
+        """Run every batch size once per engine (kernel selection, allocator pools) on the calling thread.
+
+        Chooses the layout first if that has not happened. A size that runs out of GPU memory here lowers
+        ``max_batch_size`` to the largest size that ran, so the worker does not pay for an out-of-memory
+        split on every full batch.
         """
+        self.plan_layout()
         for name, engine in self.engines.items():
             for size in list(self.warmup_batch_sizes):
                 if self._stop.is_set():
@@ -212,28 +299,27 @@ class Worker:
             log.info("warmed %s on %s at batch sizes %s", name, engine.device, self.warmup_batch_sizes)
 
     # -- the loop ------------------------------------------------------------------------------------
-    def _serve(self) -> None:
+    def _serve(self, runner: int = 0) -> None:
         backoff = Backoff()
         next_maintenance = 0.0
         while not self._stop.is_set():
             try:
-                if time.monotonic() >= next_maintenance:
+                if runner == 0 and time.monotonic() >= next_maintenance:  # one runner does housekeeping
                     self.source.maintain()
                     next_maintenance = time.monotonic() + self.maintenance_interval_s
                 batch = self.source.next_batch(self.max_batch_size, self.max_wait_s, self._stop)
                 if batch:
-                    self.process(batch)
+                    self.process(batch, runner)
                 backoff.reset()
             except BackendUnavailable as exc:
                 delay = backoff.next()
                 log.warning("queue backend unavailable (%s); retrying in %.2f s", exc, delay)
                 self._stop.wait(delay)
 
-    def process(self, batch: Sequence[Delivery]) -> None:
-        """Answer every delivery of ``batch`` (all of one model) and acknowledge them."""
+    def process(self, batch: Sequence[Delivery], runner: int = 0) -> None:
+        """Answer every delivery of ``batch`` (all of one model) and acknowledge them (on ``runner``)."""
         with self._lock:
-            self._in_flight = list(batch)
-            self._batch_started = time.monotonic()
+            self._in_flight[runner] = (time.monotonic(), list(batch))
         try:
             answered = self._answer(batch)
             started = time.perf_counter()
@@ -241,7 +327,7 @@ class Worker:
             metrics.COMPUTE_SECONDS.labels(phase="reply").observe(time.perf_counter() - started)
         finally:
             with self._lock:
-                self._in_flight = []
+                self._in_flight.pop(runner, None)
 
     def _answer(self, batch: Sequence[Delivery]) -> list[tuple[Delivery, JobResult]]:
         batch_started = time.time()
@@ -337,10 +423,11 @@ class Worker:
         metrics.BATCHES.inc()
         metrics.INFERENCES.inc(len(jobs))
         metrics.observe_gpu_memory(engine.device)
-        self._batches += 1
-        self._inferences += len(jobs)
         rate = len(jobs) / max(computed - prepared, 1e-6)
-        self._throughput = rate if self._throughput == 0 else 0.8 * self._throughput + 0.2 * rate
+        with self._lock:
+            self._batches += 1
+            self._inferences += len(jobs)
+            self._throughput = rate if self._throughput == 0 else 0.8 * self._throughput + 0.2 * rate
         return answered
 
     def _success(self, job: Job, output: Any, engine: Engine, timings: dict[str, float]) -> JobResult:
@@ -389,10 +476,11 @@ class Worker:
         metrics.WORKER_READY.set(1 if ready else 0)
 
     def _watch_for_stall(self) -> bool:
-        """True while the batch in flight has run longer than ``batch_timeout_s``; acts on each change."""
+        """True while a batch in flight has run longer than ``batch_timeout_s``; acts on each change."""
         with self._lock:
-            running_s = time.monotonic() - self._batch_started if self._in_flight else 0.0
-            size = len(self._in_flight)
+            now = time.monotonic()
+            running_s = max((now - started for started, _ in self._in_flight.values()), default=0.0)
+            size = sum(len(batch) for _, batch in self._in_flight.values())
         stalled = running_s > self.batch_timeout_s
         if stalled and not self._stalled:
             self._stalled = True
@@ -418,7 +506,7 @@ class Worker:
                 return  # no heartbeat, no keep-alive: its jobs become claimable
             self.source.heartbeat(self.info(), self.heartbeat_ttl_s)
             with self._lock:
-                in_flight = list(self._in_flight)
+                in_flight = [delivery for _, batch in self._in_flight.values() for delivery in batch]
             self.source.keep_alive(in_flight)
         except BackendUnavailable as exc:
             log.debug("heartbeat not sent: %s", exc)

@@ -51,6 +51,8 @@ TEST_LIMITS: dict[str, Any] = {
     "max_pixels": 1_000_000,
     "max_batch_images": 4,
     "max_batch_size": 4,
+    "runners": 1,  # one runner, so a held (gated) batch holds the whole worker
+    "threads_per_runner": 1,
     "max_wait_ms": 2.0,
     "default_deadline_ms": 20_000,
     "warmup": "pow2",

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 from facesr.service.api.backends import StartupError, build_backend
 from facesr.service.queue.keys import Keys
 from facesr.service.settings import ServiceSettings, settings_error_message, unknown_environment_settings
+from facesr.service.worker.layout import LayoutRequest
 
 
 @pytest.fixture(autouse=True)
@@ -38,7 +39,23 @@ def test_defaults_are_the_embedded_mode():
     assert settings.embedded
     assert settings.checkpoint == []
     assert not settings.auth_enabled
-    assert settings.max_batch_size >= 1
+    # The runner layout is chosen for the device at warm-up unless fixed.
+    assert (settings.max_batch_size, settings.runners, settings.threads_per_runner) == ("auto",) * 3
+    assert settings.worker_settings().layout_request() == LayoutRequest(None, None, None)
+
+
+def test_layout_settings_take_numbers_or_auto(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("FACESR_RUNNERS", "2")
+    monkeypatch.setenv("FACESR_THREADS_PER_RUNNER", "auto")
+    monkeypatch.setenv("FACESR_MAX_BATCH_SIZE", "3")
+
+    request = ServiceSettings().worker_settings().layout_request()
+
+    assert request == LayoutRequest(runners=2, threads_per_runner=None, max_batch_size=3)
+    for bad in ("0", "many", "-1"):
+        monkeypatch.setenv("FACESR_RUNNERS", bad)
+        with pytest.raises(ValidationError, match="runners"):
+            ServiceSettings()
 
 
 def test_network_defaults_are_bounded_and_loopback_only():

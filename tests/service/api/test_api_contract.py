@@ -263,6 +263,17 @@ def test_models_lists_the_card(service: RunningService):
     assert card["parameters"] > 0
     for key in ("training_data", "metrics", "licence", "description"):
         assert key in card
+    # How it is served: the worker's runner layout, and the runners of all ready workers together.
+    assert card["runner_layout"] == {
+        "device": "cpu",
+        "runners": 1,
+        "threads_per_runner": 1,
+        "max_batch_size": service.settings.max_batch_size,
+        "chosen_by": "settings",
+        "measured_faces_per_second": None,
+    }
+    assert card["runners"] == 1
+    assert card["graph"] == "eager"
     assert card["landmark_quality"]["status"] == "unevaluated", "random weights carry no evaluation"
 
 

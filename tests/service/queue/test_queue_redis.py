@@ -659,3 +659,31 @@ def test_a_live_owner_keeps_its_jobs_and_racing_workers_take_an_orphan_once(
     with redis.Redis.from_url(redis_url) as client:
         [held] = client.xpending_range(keys.jobs(MODEL), GROUP, "-", "+", 10, consumername="alive")
         assert held["times_delivered"] == 1
+
+
+def test_a_reconnect_never_hands_a_batch_in_progress_to_a_second_runner(redis_url: str, prefix: str) -> None:
+    """Runners share one source; after a dropped connection the consumer re-reads the entries it owns,
+    and the one a runner is still computing must not be handed to another runner."""
+    keys = Keys(prefix)
+    with redis.Redis.from_url(redis_url) as client:
+        client.xgroup_create(keys.jobs(MODEL), GROUP, id="0", mkstream=True)
+        for i in range(2):
+            client.xadd(keys.jobs(MODEL), encode_job(job(f"r{i}"), "api"))
+    source = RedisJobSource(
+        queue_settings(redis_url, prefix=prefix, claim_idle_ms=600_000),
+        events=metrics.PrometheusQueueEvents(),
+    )
+    source.open("two-runners", [MODEL])
+    stop = threading.Event()
+    in_progress = source.next_batch(1, 0.0, stop)  # runner A is computing r0
+    assert [d.request_id for d in in_progress] == ["r0"]
+
+    # Any Redis error on the way (a dropped connection, a timeout) makes the consumer re-read the entries
+    # it owns before reading new ones; this is the state such an error leaves behind.
+    source._reread_own = True
+    second = source.next_batch(4, 0.0, stop)  # runner B
+    assert [d.request_id for d in second] == ["r1"]
+
+    source.finish([(d, JobResult(request_id=d.request_id or "", ok=True)) for d in [*in_progress, *second]])
+    assert source.next_batch(4, 0.0, stop) == []
+    source.close()

@@ -1,0 +1,223 @@
+"""How a worker spreads the model over its device: runners, intra-op threads per runner, batch size.
+
+A *runner* is a thread of the worker process that takes batches from the job source and runs the model
+on them; PyTorch releases the GIL inside its kernels, so runners on different cores compute at the same
+time. What is fastest depends on the device:
+
+- **CPU**: a small model's feature maps fit in a core's cache only at small batches, and an OpenMP pool
+  spread over several cores costs more than it gains at these sizes, so one single-thread runner per
+  core at batch 1-2 usually wins. The layout is *measured* at warm-up: each candidate runs for a short
+  while with all its runners busy, and the one with the most faces per second is kept.
+- **CUDA**: one runner (one stream of kernels) with large batches; nothing is measured, and a batch size
+  that does not fit in memory is lowered at warm-up by the worker.
+
+Every choice can be fixed by a setting (``FACESR_RUNNERS``, ``FACESR_THREADS_PER_RUNNER``,
+``FACESR_MAX_BATCH_SIZE``); whatever is fixed is not measured.
+
+This module does not import torch (the API process reads its settings); the worker passes in how to run
+a batch and how to set a thread's intra-op thread count.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+ChosenBy = Literal["settings", "measured", "device"]
+
+CPU_BATCH_CANDIDATES = (1, 2, 4, 8)
+CUDA_DEFAULT_BATCH = 64  # the warm-up lowers it when it does not fit in GPU memory
+DEFAULT_TRIAL_S = 0.4
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, which containers and taskset narrow)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class LayoutRequest:
+    """What the settings fix; None = choose for the device."""
+
+    runners: int | None = None
+    threads_per_runner: int | None = None
+    max_batch_size: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("runners", "threads_per_runner", "max_batch_size"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1 (or auto), got {value}")
+
+    @property
+    def fixed(self) -> bool:
+        return None not in (self.runners, self.threads_per_runner, self.max_batch_size)
+
+
+@dataclass(frozen=True)
+class LayoutTrial:
+    """One candidate measured at warm-up: faces per second with all its runners busy."""
+
+    runners: int
+    threads_per_runner: int
+    batch_size: int
+    faces_per_second: float
+
+
+@dataclass(frozen=True)
+class RunnerLayout:
+    """The layout a worker serves with, and how it was chosen (``trials``: the measurements, if any).
+
+    ``threads_per_runner`` 0 leaves the intra-op thread count at PyTorch's default (on CUDA the host
+    threads only launch kernels).
+    """
+
+    device: str
+    runners: int
+    threads_per_runner: int
+    max_batch_size: int
+    chosen_by: ChosenBy
+    trials: tuple[LayoutTrial, ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-able, as advertised in heartbeats and ``/v1/models``."""
+        best = max((t.faces_per_second for t in self.trials), default=None)
+        return {
+            "device": self.device,
+            "runners": self.runners,
+            "threads_per_runner": self.threads_per_runner,
+            "max_batch_size": self.max_batch_size,
+            "chosen_by": self.chosen_by,
+            "measured_faces_per_second": None if best is None else round(best, 2),
+        }
+
+    def trial_table(self) -> list[dict[str, Any]]:
+        return [asdict(trial) for trial in self.trials]
+
+
+def cpu_candidates(request: LayoutRequest, cores: int) -> list[tuple[int, int, int]]:
+    """(runners, threads per runner, batch size) to measure on a CPU with ``cores`` cores.
+
+    Runner and thread counts that use every core (cores x 1, 1 x cores, and the even splits between),
+    batch sizes 1, 2, 4, 8 up to ``max_batch_size``; fixed settings narrow the list.
+    """
+    splits = [(cores // threads, threads) for threads in range(1, cores + 1) if cores % threads == 0]
+    if request.runners is not None and request.threads_per_runner is not None:
+        splits = [(request.runners, request.threads_per_runner)]
+    elif request.runners is not None:
+        splits = [(request.runners, max(1, cores // request.runners))]
+    elif request.threads_per_runner is not None:
+        splits = [(max(1, cores // request.threads_per_runner), request.threads_per_runner)]
+    if request.max_batch_size is not None:
+        batches = [request.max_batch_size]
+    else:
+        batches = list(CPU_BATCH_CANDIDATES)
+    return [(runners, threads, batch) for runners, threads in splits for batch in batches]
+
+
+RunBatch = Callable[[int], None]  # runs the model once on that many faces
+SetThreads = Callable[[int], None]  # sets the calling thread's intra-op thread count
+
+
+def measure_trial(
+    run_batch: RunBatch, set_threads: SetThreads, runners: int, threads: int, batch_size: int, trial_s: float
+) -> LayoutTrial:
+    """Run ``runners`` threads with ``threads`` intra-op threads each, all calling ``run_batch`` at
+    ``batch_size`` for about ``trial_s`` seconds after one untimed call each; faces/s of all together."""
+    start = threading.Barrier(runners + 1)
+    faces = [0] * runners
+    errors: list[BaseException] = []
+    stop_at = [0.0]
+
+    def runner(index: int) -> None:
+        try:
+            set_threads(threads)
+            run_batch(batch_size)  # untimed: per-thread initialisation, allocator pools
+        except BaseException as error:  # reported on the calling thread
+            errors.append(error)
+        start.wait()
+        if errors:
+            return
+        calls = 0
+        while calls < 1 or time.perf_counter() < stop_at[0]:
+            try:
+                run_batch(batch_size)
+            except BaseException as error:
+                errors.append(error)
+                return
+            calls += 1
+        faces[index] = calls * batch_size
+
+    threads_started = [
+        threading.Thread(target=runner, args=(i,), name=f"facesr-layout-trial-{i}", daemon=True)
+        for i in range(runners)
+    ]
+    for thread in threads_started:
+        thread.start()
+    start.wait()
+    began = time.perf_counter()
+    stop_at[0] = began + trial_s
+    for thread in threads_started:
+        thread.join()
+    elapsed = time.perf_counter() - began
+    if errors:
+        raise errors[0]
+    return LayoutTrial(runners, threads, batch_size, sum(faces) / max(elapsed, 1e-9))
+
+
+def choose_layout(
+    request: LayoutRequest,
+    device: str,
+    run_batch: RunBatch,
+    set_threads: SetThreads,
+    *,
+    cores: int | None = None,
+    trial_s: float = DEFAULT_TRIAL_S,
+) -> RunnerLayout:
+    """The layout for ``device`` ("cpu", "cuda:0", ...): as fixed by ``request``, else by the device's
+    rule or a measurement.
+
+    ``run_batch(n)`` runs the model once on ``n`` faces; it is called from several threads at once,
+    each of which first calls ``set_threads`` with the candidate's thread count. Trials run on threads
+    of their own, so the calling thread's settings are left as they were.
+    """
+    if not device.startswith("cpu"):
+        return RunnerLayout(
+            device=device,
+            runners=request.runners or 1,
+            threads_per_runner=request.threads_per_runner or 0,
+            max_batch_size=request.max_batch_size or CUDA_DEFAULT_BATCH,
+            chosen_by="settings" if request.fixed else "device",
+        )
+    if request.fixed:
+        assert request.runners and request.threads_per_runner and request.max_batch_size
+        return RunnerLayout(
+            device, request.runners, request.threads_per_runner, request.max_batch_size, "settings"
+        )
+    trials: list[LayoutTrial] = []
+    for runners, threads, batch in cpu_candidates(request, cores or usable_cores()):
+        split = (runners, threads)
+        split_best = max(
+            (t.faces_per_second for t in trials if (t.runners, t.threads_per_runner) == split), default=0.0
+        )
+        if split_best and trials[-1].faces_per_second < split_best:
+            continue  # a smaller batch already did better on this split; larger ones only cost more
+        trials.append(measure_trial(run_batch, set_threads, runners, threads, batch, trial_s))
+    return layout_from_trials(device, trials)
+
+
+def layout_from_trials(device: str, trials: Sequence[LayoutTrial]) -> RunnerLayout:
+    """The measured candidate with the most faces per second (the smaller batch on a tie)."""
+    if not trials:
+        raise ValueError("no layout was measured")
+    best = max(trials, key=lambda t: (t.faces_per_second, -t.batch_size))
+    return RunnerLayout(
+        device, best.runners, best.threads_per_runner, best.batch_size, "measured", tuple(trials)
+    )
