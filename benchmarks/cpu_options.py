@@ -7,6 +7,7 @@ Variants, all on the same weights and the same inputs:
 - ``eager-channels-last``: weights and inputs in NHWC (what the service runs by default on CPU);
 - ``bf16-autocast``: channels-last under ``torch.autocast("cpu", torch.bfloat16)``;
 - ``trace``: a TorchScript trace (``torch.jit.trace``) of the channels-last model;
+- ``export``: the graph module of ``torch.export`` (ATen ops, no module call overhead);
 - ``compile`` (with ``--compile``): ``torch.compile`` of the channels-last model, one shape.
 
 Each round runs every variant for ``--seconds`` with ``--runners`` threads of one intra-op thread each,
@@ -46,11 +47,13 @@ def variants(engine: FaceSR, with_compile: bool) -> dict[str, tuple[Forward, boo
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # torch.jit.trace is deprecated; measured here to say so
         traced = torch.jit.trace(nhwc, example, check_trace=False)
+        exported = torch.export.export(nhwc, (example,)).module()
     found: dict[str, tuple[Forward, bool, bool]] = {
         "eager-nchw": (nchw, False, False),
         "eager-channels-last": (nhwc, True, False),
         "bf16-autocast": (nhwc, True, True),
         "trace": (traced, True, False),
+        "export": (exported, True, False),
     }
     if with_compile:
         found["compile"] = (torch.compile(nhwc, dynamic=False), True, False)

@@ -37,9 +37,9 @@ step 60 model-fp32-eager facesr bench-model --config paper --device cuda --dtype
     --repeats 5 --peak-tflops "$PEAK_FP32" --json "$OUT/model-fp32-eager.json"
 step 60 model-bf16-eager facesr bench-model --config paper --device cuda --dtype bf16 --max-batch 256 \
     --repeats 5 --peak-tflops "$PEAK_BF16" --json "$OUT/model-bf16-eager.json"
-step 170 model-bf16-compiled facesr bench-model --config paper --device cuda --dtype bf16 --compile \
+step 170 model-bf16-compiled facesr bench-model --config paper --device cuda --dtype bf16 --graph compile \
     --max-batch 64 --repeats 5 --peak-tflops "$PEAK_BF16" --json "$OUT/model-bf16-compiled.json"
-step 110 model-fp32-compiled facesr bench-model --config paper --device cuda --dtype fp32 --compile \
+step 110 model-fp32-compiled facesr bench-model --config paper --device cuda --dtype fp32 --graph compile \
     --max-batch 32 --repeats 5 --peak-tflops "$PEAK_FP32" --json "$OUT/model-fp32-compiled.json"
 
 # The service on the GPU (one runner, batches up to 64): service / raw, p50 / p99, closed and open loop.

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from PIL import Image
 from tqdm import tqdm
 
 from facesr.model.errors import FaceSRError
+
+if TYPE_CHECKING:
+    from facesr.model.runtime import GraphMode
 
 CheckpointOption = Annotated[
     Path | None, typer.Option("--checkpoint", "-c", help="facesr .safetensors checkpoint (default: bundled)")
@@ -123,9 +126,10 @@ def bench_model(
     repeats: Annotated[int, typer.Option(min=1)] = 3,
     device: DeviceOption = "auto",
     dtype: DtypeOption = "fp32",
-    compile: Annotated[
-        bool, typer.Option(help="torch.compile with a bucket per batch size (CUDA graphs on CUDA)")
-    ] = False,
+    graph: Annotated[
+        str | None,
+        typer.Option(help="eager, trace or compile (torch.compile per batch size; CUDA graphs on CUDA)"),
+    ] = None,
     peak_tflops: Annotated[
         float | None,
         typer.Option(help="the device's peak TFLOP/s at this dtype, to print the fraction reached"),
@@ -146,12 +150,12 @@ def bench_model(
                 device=device,
                 dtype=dtype,
                 name=f"{config}-random",
-                compile=compile,
+                graph=_graph(graph),
                 max_batch_size=max_batch,
             )
         else:
             engine = FaceSR.from_checkpoint(
-                checkpoint, device=device, dtype=dtype, compile=compile, max_batch_size=max_batch
+                checkpoint, device=device, dtype=dtype, graph=_graph(graph), max_batch_size=max_batch
             )
     except (FaceSRError, ValueError) as error:
         raise _fail(str(error)) from error
@@ -159,6 +163,15 @@ def bench_model(
     json_out.write_text(json.dumps(report, indent=2))
     typer.echo(format_table(report))
     typer.echo(f"report written to {json_out}")
+
+
+def _graph(name: str | None) -> GraphMode | None:
+    """--graph checked against the runtime's modes (imported here: the CLI module imports no torch)."""
+    from facesr.model.runtime import GRAPH_MODES
+
+    if name is not None and name not in GRAPH_MODES:
+        raise _fail(f"--graph must be one of {', '.join(GRAPH_MODES)}")
+    return name
 
 
 def register(app: typer.Typer) -> None:

@@ -21,7 +21,7 @@ from facesr.model.generator import DICGenerator, count_parameters
 from facesr.model.landmarks import decode_heatmaps, landmark_confidence
 from facesr.model.normalization import images_to_tensor, tensor_to_images
 from facesr.model.preprocess import to_lr_face
-from facesr.model.runtime import GeneratorRunner, bucket_sizes
+from facesr.model.runtime import GeneratorRunner, GraphMode, bucket_sizes, default_graph
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +56,9 @@ class FaceSR:
     """A DIC generator on a device, ready for batches of faces.
 
     Half-precision dtypes run the fp32 weights under autocast; when an output is not finite the batch
-    is run again in fp32 (counted in `fp32_fallbacks`). ``compile`` runs the network through
-    ``torch.compile`` with batch buckets up to ``max_batch_size`` (`facesr.model.runtime`).
+    is run again in fp32 (counted in `fp32_fallbacks`). ``graph`` says how the network is executed
+    (`facesr.model.runtime`: eager, trace or compile; None: trace on CPU in fp32, else eager);
+    ``max_batch_size`` bounds the batch buckets of ``compile``.
     """
 
     def __init__(
@@ -68,7 +69,7 @@ class FaceSR:
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None,
         weights_sha256: str | None = None,
-        compile: bool = False,
+        graph: GraphMode | None = None,
         max_batch_size: int = 8,
     ) -> None:
         self.device = resolve_device(device)
@@ -76,10 +77,10 @@ class FaceSR:
         self.generator = generator.to(self.device).eval()
         for parameter in self.generator.parameters():
             parameter.requires_grad_(False)
+        self.graph: GraphMode = graph or default_graph(self.device, self.dtype)
         self.runner = GeneratorRunner(
-            self.generator, self.device, compile=compile, buckets=bucket_sizes(max_batch_size)
+            self.generator, self.device, self.graph, dtype=self.dtype, buckets=bucket_sizes(max_batch_size)
         )
-        self.graph = "compiled" if compile else "eager"
         self.card = card
         self.config: DICConfig = generator.config
         sha = weights_sha256 or _weights_digest(generator)
@@ -94,7 +95,7 @@ class FaceSR:
         *,
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None,
-        compile: bool = False,
+        graph: GraphMode | None = None,
         max_batch_size: int = 8,
     ) -> FaceSR:
         """Load a facesr checkpoint (None = the bundled default)."""
@@ -110,7 +111,7 @@ class FaceSR:
             device=device,
             dtype=dtype,
             weights_sha256=loaded.sha256,
-            compile=compile,
+            graph=graph,
             max_batch_size=max_batch_size,
         )
 
@@ -123,7 +124,7 @@ class FaceSR:
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None,
         name: str = "random",
-        compile: bool = False,
+        graph: GraphMode | None = None,
         max_batch_size: int = 8,
     ) -> FaceSR:
         """Random weights (PyTorch default init, seeded): for tests and benchmarks, not for faces."""
@@ -137,9 +138,7 @@ class FaceSR:
             parameters=count_parameters(generator),
             provenance=f"torch.manual_seed({seed})",
         )
-        return cls(
-            generator, card, device=device, dtype=dtype, compile=compile, max_batch_size=max_batch_size
-        )
+        return cls(generator, card, device=device, dtype=dtype, graph=graph, max_batch_size=max_batch_size)
 
     # -- inference -------------------------------------------------------------------------------
     def enhance(

@@ -22,7 +22,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from facesr.service.queue.keys import check_name
 from facesr.service.queue.settings import REDIS_SCHEMES, QueueSettings, redacted_url
-from facesr.service.worker.layout import CUDA_DEFAULT_BATCH
+from facesr.service.worker.layout import CUDA_DEFAULT_BATCH, DEFAULT_TRIAL_S
 from facesr.service.worker.settings import WorkerSettings
 
 ENV_PREFIX = "FACESR_"
@@ -77,10 +77,11 @@ class ServiceSettings(BaseSettings):
         "fp32", description="Inference precision; bf16/fp16 only on CUDA."
     )
 
-    compile: bool = Field(
-        False,
-        description="Run the network through torch.compile with fixed batch buckets (CUDA graphs on CUDA); "
-        "compiling takes minutes per bucket on a small CPU.",
+    graph: Literal["auto", "eager", "trace", "compile"] = Field(
+        "auto",
+        description="How the network is executed: eager, trace (TorchScript; no Python per layer) or "
+        "compile (torch.compile with fixed batch buckets, CUDA graphs on CUDA); auto: trace on CPU in fp32, "
+        "else eager.",
     )
 
     # --- batching and admission --------------------------------------------------------------
@@ -91,6 +92,12 @@ class ServiceSettings(BaseSettings):
         "auto",
         description="Largest batch a runner computes at once; auto: measured at warm-up on CPU (1, 2, 4 "
         "or 8), 64 on CUDA (lowered at warm-up when it does not fit).",
+    )
+    layout_trial_s: float = Field(
+        DEFAULT_TRIAL_S,
+        ge=0.05,
+        le=30,
+        description="How long each candidate runner layout runs when the layout is measured at warm-up (s).",
     )
     runners: LayoutChoice = Field(
         "auto",
@@ -312,6 +319,11 @@ class ServiceSettings(BaseSettings):
         return None if self.device == "auto" else self.device
 
     @property
+    def graph_mode(self) -> Literal["eager", "trace", "compile"] | None:
+        """FACESR_GRAPH as the model package takes it (None: the device's default)."""
+        return None if self.graph == "auto" else self.graph
+
+    @property
     def batch_ceiling(self) -> int:
         """The largest batch a worker may choose: FACESR_MAX_BATCH_SIZE, or the ceiling of "auto"."""
         return self.max_batch_size if isinstance(self.max_batch_size, int) else CUDA_DEFAULT_BATCH
@@ -343,6 +355,7 @@ class ServiceSettings(BaseSettings):
             max_batch_size=_fixed(self.max_batch_size),
             runners=_fixed(self.runners),
             threads_per_runner=_fixed(self.threads_per_runner),
+            layout_trial_s=self.layout_trial_s,
             max_wait_ms=self.max_wait_ms,
             warmup=self.warmup,
             heartbeat_interval_s=min(self.heartbeat_ttl_s / 4, self.claim_idle_ms / 3000),

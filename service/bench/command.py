@@ -44,7 +44,7 @@ def bench_service(
         str, typer.Option(help="FACESR_THREADS_PER_RUNNER (auto: measured).")
     ] = "auto",
     max_batch_size: Annotated[str, typer.Option(help="FACESR_MAX_BATCH_SIZE (auto: measured).")] = "auto",
-    compile: Annotated[bool, typer.Option(help="FACESR_COMPILE for the service and the raw model.")] = False,
+    graph: Annotated[str, typer.Option(help="FACESR_GRAPH of the service and the raw model.")] = "auto",
     max_queue: Annotated[
         int, typer.Option(help="FACESR_MAX_QUEUE: small, so overload answers 429 soon.")
     ] = 32,
@@ -93,7 +93,7 @@ def bench_service(
         runners=runners,
         threads_per_runner=threads_per_runner,
         max_batch_size=max_batch_size,
-        compile=compile,
+        graph=graph,
         max_queue=max_queue,
         concurrency=_numbers(concurrency) if concurrency else [],
         window_s=window_s,

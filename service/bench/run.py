@@ -19,7 +19,7 @@ import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import numpy as np
@@ -31,6 +31,7 @@ from facesr.model.config import LR_SIZE, DICConfig
 from facesr.model.generator import DICGenerator, count_parameters
 from facesr.model.inference import FaceSR
 from facesr.model.preprocess import to_lr_face
+from facesr.model.runtime import GraphMode
 from facesr.service.bench import counters, load, raw, stack
 from facesr.service.worker.layout import usable_cores
 
@@ -56,7 +57,7 @@ class BenchOptions:
     runners: str = "auto"
     threads_per_runner: str = "auto"
     max_batch_size: str = "auto"
-    compile: bool = False
+    graph: str = "auto"
     max_queue: int = 32
     concurrency: Sequence[int] = ()
     max_concurrency: int = 64
@@ -116,7 +117,7 @@ def service_settings(options: BenchOptions, layout: dict[str, Any] | None) -> di
         "FACESR_DTYPE": options.dtype,
         "FACESR_MAX_QUEUE": str(options.max_queue),
         "FACESR_LOG_LEVEL": "warning",
-        "FACESR_COMPILE": "true" if options.compile else "false",
+        "FACESR_GRAPH": options.graph,
         "FACESR_RUNNERS": options.runners,
         "FACESR_THREADS_PER_RUNNER": options.threads_per_runner,
         "FACESR_MAX_BATCH_SIZE": options.max_batch_size,
@@ -262,14 +263,9 @@ def open_sweep(
     return rows
 
 
-def _raw_rows(engine: FaceSR, layout: dict[str, Any], seconds: float) -> list[raw.RawRow]:
-    return raw.measure(
-        engine,
-        int(layout["runners"]),
-        max(1, int(layout["threads_per_runner"])),
-        raw.batch_sizes_to(int(layout["max_batch_size"])),
-        seconds,
-    )
+def total_runners(mode: str, layout: dict[str, Any], workers: int) -> int:
+    """Runners of the whole service in ``mode``: the layout's, times the worker processes in Redis mode."""
+    return int(layout["runners"]) * (workers if mode == "redis" else 1)
 
 
 def _median_rows(*measurements: list[raw.RawRow]) -> list[dict[str, Any]]:
@@ -359,13 +355,15 @@ def cpu_name() -> str:
 
 @dataclass
 class Yardstick:
-    """The raw model at the service's layout: measured once before the load and once after."""
+    """The raw model at the service's layout, with as many runners as the service has in all (one
+    process's runners embedded; every worker's in Redis mode): measured before the load and after."""
 
     engine: FaceSR
     layout: dict[str, Any]
-    before: list[raw.RawRow]
+    seconds: float
     single: raw.RawRow
     references: list[np.ndarray]
+    before: dict[int, list[raw.RawRow]] = field(default_factory=dict)  # by total runners
 
     @classmethod
     def measure(cls, options: BenchOptions, layout: dict[str, Any], faces: np.ndarray) -> Yardstick:
@@ -373,17 +371,31 @@ class Yardstick:
             options.checkpoint,
             device=None if options.device == "auto" else options.device,
             dtype=options.dtype,
-            compile=options.compile,
+            graph=None if options.graph == "auto" else cast("GraphMode", options.graph),
             max_batch_size=int(layout["max_batch_size"]),
         )
         sizes = raw.batch_sizes_to(int(layout["max_batch_size"]))
-        before = _raw_rows(engine, layout, options.raw_seconds)
         single = raw.single_core_best(engine, sizes, options.raw_seconds)
-        return cls(engine, layout, before, single, raw.reference_outputs(engine, faces))
+        return cls(engine, layout, options.raw_seconds, single, raw.reference_outputs(engine, faces))
 
-    def rows(self, options: BenchOptions) -> list[dict[str, Any]]:
-        """Median of the measurement before and a new one now."""
-        return _median_rows(self.before, _raw_rows(self.engine, self.layout, options.raw_seconds))
+    def _measure(self, runners: int) -> list[raw.RawRow]:
+        threads = max(1, int(self.layout["threads_per_runner"]))
+        sizes = raw.batch_sizes_to(int(self.layout["max_batch_size"]))
+        return raw.measure(self.engine, runners, threads, sizes, self.seconds)
+
+    def first(self, runners: int) -> list[dict[str, Any]]:
+        """The measurement before the load with ``runners`` in all (made on first use)."""
+        if runners not in self.before:
+            self.before[runners] = self._measure(runners)
+        return _median_rows(self.before[runners])
+
+    def final(self) -> list[dict[str, Any]]:
+        """For every runner count measured: the median of the measurement before and a new one now."""
+        return [
+            row
+            for runners, before in self.before.items()
+            for row in _median_rows(before, self._measure(runners))
+        ]
 
 
 def run(options: BenchOptions) -> dict[str, Any]:
@@ -419,6 +431,8 @@ def run(options: BenchOptions) -> dict[str, Any]:
                 result.update(
                     model_id=model_id, model_device=card.get("device"), model_graph=card.get("graph")
                 )
+            runners = total_runners(mode, layout, options.workers)
+            raw_first = yardstick.first(runners)
             checked = check_outputs(service, faces, yardstick.references)
             outputs = result["outputs"]
             outputs["checked"] += checked["checked"]
@@ -426,16 +440,16 @@ def run(options: BenchOptions) -> dict[str, Any]:
             outputs["max_abs_diff"] = max(outputs["max_abs_diff"], checked["max_abs_diff"])
             closed = closed_sweep(options, service, request)
             saturation = max(row["req_per_s"] for row in closed)
-            budget = options.p99_budget_ms or 2000 * batch_seconds(_median_rows(yardstick.before), layout)
+            budget = options.p99_budget_ms or 2000 * batch_seconds(raw_first, layout)
             result["p99_budget_ms"] = budget
-            result["modes"][mode] = {"layout": layout, "saturation_req_per_s": saturation}
+            result["modes"][mode] = {"layout": layout, "runners": runners, "saturation_req_per_s": saturation}
             result["closed"] += closed
             result["open"] += open_sweep(options, service, request, saturation, budget)
         finally:
             service.stop()
     if yardstick is None:
         raise ValueError("no service mode was measured")
-    raw_rows = yardstick.rows(options)
+    raw_rows = yardstick.final()
     result["raw"] = raw_rows
     result["layout"] = yardstick.layout
     result["single_core"] = {
@@ -450,7 +464,7 @@ def run(options: BenchOptions) -> dict[str, Any]:
             [row for row in result["closed"] if row["mode"] == mode],
             [row for row in result["open"] if row["mode"] == mode],
             yardstick,
-            raw_rows,
+            [row for row in raw_rows if row["runners"] == result["modes"][mode]["runners"]],
         )
     ]
     return result

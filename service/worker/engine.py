@@ -15,6 +15,7 @@ from facesr.model.device import dtype_name
 from facesr.model.errors import CheckpointError
 from facesr.model.inference import FaceSR
 from facesr.model.landmark_quality import LandmarkQuality, landmark_quality
+from facesr.model.runtime import GraphMode
 from facesr.service.settings import ServiceSettings
 from facesr.service.startup import StartupError, check_checkpoints
 
@@ -69,17 +70,17 @@ def load_engines(
     *,
     device: str | None = None,
     dtype: str | None = None,
-    compile: bool = False,
+    graph: GraphMode | None = None,
     max_batch_size: int = 8,
 ) -> dict[str, Engine]:
     """Load each checkpoint (None = the bundled default) and key it by its card's name.
 
-    ``compile`` and ``max_batch_size`` say how each is executed (see :mod:`facesr.model.runtime`).
+    ``graph`` and ``max_batch_size`` say how each is executed (see :mod:`facesr.model.runtime`).
     """
     engines: dict[str, Engine] = {}
     for path in checkpoints or [None]:
         engine = FaceSR.from_checkpoint(
-            path, device=device, dtype=dtype, compile=compile, max_batch_size=max_batch_size
+            path, device=device, dtype=dtype, graph=graph, max_batch_size=max_batch_size
         )
         name = engine.card.name
         if name in engines:
@@ -101,7 +102,7 @@ def load_served_engines(settings: ServiceSettings) -> dict[str, Engine]:
             settings.checkpoint_paths(),
             device=settings.torch_device,
             dtype=settings.dtype,
-            compile=settings.compile,
+            graph=settings.graph_mode,
             max_batch_size=settings.batch_ceiling,
         )
     except (CheckpointError, ValueError, OSError) as error:

@@ -45,7 +45,7 @@ def test_bucket_sizes_are_powers_of_two_up_to_the_largest_batch():
 
 
 def test_cpu_weights_are_kept_channels_last_and_outputs_do_not_change():
-    eager = FaceSR.from_config(DICConfig.tiny(num_steps=2))
+    eager = FaceSR.from_config(DICConfig.tiny(num_steps=2), graph="eager")
     conv = next(m for m in eager.generator.modules() if isinstance(m, torch.nn.Conv2d))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
 
@@ -58,11 +58,41 @@ def test_cpu_weights_are_kept_channels_last_and_outputs_do_not_change():
         torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
 
 
+def test_the_cpu_default_is_a_trace_with_the_eager_outputs_at_every_batch_size():
+    traced = FaceSR.from_config(DICConfig.tiny(num_steps=2), seed=7)
+    eager = FaceSR.from_config(DICConfig.tiny(num_steps=2), seed=7, graph="eager")
+    lr = np.random.default_rng(5).integers(0, 256, size=(5, 16, 16, 3), dtype=np.uint8)
+
+    assert traced.graph == "trace" and traced.describe()["graph"] == "trace"
+    for count in (1, 3, 5):  # traced at batch 1, replayed at others
+        got = traced.enhance_tensor(lr[:count], return_steps=True)
+        want = eager.enhance_tensor(lr[:count], return_steps=True)
+        for ours, theirs in zip(got, want, strict=True):
+            assert np.array_equal(ours.image, theirs.image)
+            assert all(
+                np.array_equal(a, b) for a, b in zip(ours.steps or [], theirs.steps or [], strict=True)
+            )
+            assert np.array_equal(ours.landmarks, theirs.landmarks)
+            assert np.array_equal(ours.confidence, theirs.confidence)
+
+
+def test_graph_defaults_and_what_a_trace_refuses():
+    cpu = torch.device("cpu")
+    assert runtime.default_graph(cpu, torch.float32) == "trace"
+    assert runtime.default_graph(cpu, torch.bfloat16) == "eager"
+    assert runtime.default_graph(torch.device("cuda"), torch.float32) == "eager"  # nothing measured on GPUs
+    generator = FaceSR.from_config(DICConfig.tiny(num_steps=2), graph="eager").generator
+    with pytest.raises(ValueError, match="fp32 only"):
+        GeneratorRunner(generator, cpu, "trace", dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="graph must be one of"):
+        GeneratorRunner(generator, cpu, "jit")  # type: ignore[arg-type]
+
+
 def test_compiled_batches_are_padded_to_buckets_and_trimmed_back(monkeypatch: pytest.MonkeyPatch):
     recorder = RecordingCompile()
     monkeypatch.setattr(runtime.torch, "compile", recorder)
-    compiled = FaceSR.from_config(DICConfig.tiny(num_steps=2), compile=True, seed=5)
-    eager = FaceSR.from_config(DICConfig.tiny(num_steps=2), seed=5)
+    compiled = FaceSR.from_config(DICConfig.tiny(num_steps=2), graph="compile", seed=5)
+    eager = FaceSR.from_config(DICConfig.tiny(num_steps=2), seed=5, graph="eager")
     compiled.runner.buckets = [1, 2, 4]
     lr = np.random.default_rng(4).integers(0, 256, size=(7, 16, 16, 3), dtype=np.uint8)
 
@@ -75,7 +105,7 @@ def test_compiled_batches_are_padded_to_buckets_and_trimmed_back(monkeypatch: py
             assert np.allclose(ours.landmarks, theirs.landmarks, atol=0.01)  # batch size changes float bits
     assert {shape[0] for shape in recorder.shapes} == {1, 4}
     assert recorder.modes == [None]  # CUDA graphs only on CUDA
-    assert compiled.describe()["graph"] == "compiled"
+    assert compiled.describe()["graph"] == "compile"
 
 
 def test_a_new_bucket_is_compiled_by_one_thread_at_a_time(monkeypatch: pytest.MonkeyPatch):
@@ -96,7 +126,7 @@ def test_a_new_bucket_is_compiled_by_one_thread_at_a_time(monkeypatch: pytest.Mo
 
     monkeypatch.setattr(runtime.torch, "compile", slow_first_call)
     generator = FaceSR.from_config(DICConfig.tiny(num_steps=2)).generator
-    runner = GeneratorRunner(generator, torch.device("cpu"), compile=True, buckets=[2])
+    runner = GeneratorRunner(generator, torch.device("cpu"), "compile", buckets=[2])
     x = torch.zeros(2, 3, 16, 16)
     with torch.inference_mode():
         threads = [threading.Thread(target=runner, args=(x,)) for _ in range(3)]

@@ -273,7 +273,7 @@ def test_models_lists_the_card(service: RunningService):
         "measured_faces_per_second": None,
     }
     assert card["runners"] == 1
-    assert card["graph"] == "eager"
+    assert card["graph"] == "trace"  # the CPU default
     assert card["landmark_quality"]["status"] == "unevaluated", "random weights carry no evaluation"
 
 

@@ -79,6 +79,8 @@ def worker_process(
         "OMP_NUM_THREADS": "1",
         "FACESR_QUEUE_PREFIX": prefix,
         "FACESR_WARMUP": "pow2",
+        "FACESR_RUNNERS": "1",  # a fixed layout: these tests are about faults, not the layout measurement
+        "FACESR_THREADS_PER_RUNNER": "1",
         "FACESR_CLAIM_IDLE_MS": "1000",
         "FACESR_HEARTBEAT_TTL_S": "2",
     }

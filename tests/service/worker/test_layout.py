@@ -97,9 +97,11 @@ def test_fixed_settings_and_other_devices_measure_nothing():
     assert cuda_fixed.max_batch_size == 16
 
 
-def test_a_tie_goes_to_the_smaller_batch_and_no_trials_is_an_error():
-    trials = [LayoutTrial(2, 1, 4, 100.0), LayoutTrial(2, 1, 1, 100.0), LayoutTrial(1, 2, 1, 50.0)]
-    assert layout_from_trials("cpu", trials).max_batch_size == 1
+def test_a_larger_batch_must_be_clearly_faster_and_no_trials_is_an_error():
+    trials = [LayoutTrial(2, 1, 4, 100.0), LayoutTrial(2, 1, 1, 96.0), LayoutTrial(1, 2, 1, 50.0)]
+    assert layout_from_trials("cpu", trials).max_batch_size == 1  # 4% faster does not pay for the latency
+    trials[1] = LayoutTrial(2, 1, 1, 90.0)
+    assert layout_from_trials("cpu", trials).max_batch_size == 4  # 11% faster does
     with pytest.raises(ValueError, match="no layout"):
         layout_from_trials("cpu", [])
     with pytest.raises(ValueError, match="runners"):
