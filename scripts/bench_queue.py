@@ -80,6 +80,8 @@ def _settings(url: str, prefix: str, max_batch_size: int, max_wait_ms: float) ->
         queue_prefix=prefix,
         max_queue=10_000,
         max_batch_size=max_batch_size,
+        runners=1,  # the queue alone: one consumer loop, as the numbers it prints assume
+        threads_per_runner=1,
         max_wait_ms=max_wait_ms,
     )
 

@@ -8,8 +8,17 @@ from typing import Annotated
 import typer
 
 
-def _numbers(text: str, kind: type = int) -> list:
-    return [kind(part) for part in text.split(",") if part.strip()]
+def _positive_list(text: str, option: str, parse: type[int] | type[float]) -> list:
+    """``1,2,4`` -> [1, 2, 4]; anything but a list of positive numbers is a usage error."""
+    try:
+        values = [parse(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) <= 0:
+        raise typer.BadParameter(
+            f"expected comma-separated positive numbers, got {text!r}", param_hint=option
+        )
+    return values
 
 
 def bench_service(
@@ -36,7 +45,7 @@ def bench_service(
         list[str] | None,
         typer.Option(help="Worker /metrics URL(s) of --url (repeatable; default URL/metrics)."),
     ] = None,
-    workers: Annotated[int, typer.Option(help="Worker processes in Redis mode.")] = 1,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes in Redis mode.")] = 1,
     device: Annotated[str, typer.Option(help="FACESR_DEVICE of the service and the raw model.")] = "auto",
     dtype: Annotated[str, typer.Option(help="FACESR_DTYPE of the service and the raw model.")] = "fp32",
     runners: Annotated[str, typer.Option(help="FACESR_RUNNERS of the service (auto: measured).")] = "auto",
@@ -46,7 +55,7 @@ def bench_service(
     max_batch_size: Annotated[str, typer.Option(help="FACESR_MAX_BATCH_SIZE (auto: measured).")] = "auto",
     graph: Annotated[str, typer.Option(help="FACESR_GRAPH of the service and the raw model.")] = "auto",
     max_queue: Annotated[
-        int, typer.Option(help="FACESR_MAX_QUEUE: small, so overload answers 429 soon.")
+        int, typer.Option(min=1, help="FACESR_MAX_QUEUE: small, so overload answers 429 soon.")
     ] = 32,
     concurrency: Annotated[
         str | None,
@@ -55,19 +64,26 @@ def bench_service(
         ),
     ] = None,
     window_s: Annotated[
-        float, typer.Option(help="Closed-loop window; windows repeat until three agree within 10%.")
+        float, typer.Option(min=0.1, help="Closed-loop window; windows repeat until three agree within 10%.")
     ] = 5.0,
-    max_windows: Annotated[int, typer.Option(help="Most windows per closed-loop level.")] = 6,
-    warmup_s: Annotated[float, typer.Option(help="Unmeasured seconds before each closed-loop level.")] = 2.0,
+    max_windows: Annotated[int, typer.Option(min=1, help="Most windows per closed-loop level.")] = 6,
+    warmup_s: Annotated[float, typer.Option(min=0, help="Unmeasured seconds before each level.")] = 2.0,
     open_fractions: Annotated[
         str, typer.Option(help="Open-loop rates as fractions of the mode's closed-loop saturation.")
     ] = "0.25,0.5,0.75,0.9,1.0,1.25,1.5",
-    open_duration_s: Annotated[float, typer.Option(help="Seconds of arrivals per open-loop rate.")] = 10.0,
+    open_duration_s: Annotated[
+        float, typer.Option(min=0.5, help="Seconds of arrivals per open-loop rate.")
+    ] = 10.0,
     p99_budget_ms: Annotated[
-        float | None, typer.Option(help="Open-loop p99 budget (default: 2 x one batch's compute time).")
+        float | None,
+        typer.Option(min=1, help="Open-loop p99 budget (default: 2 x one batch's compute time)."),
     ] = None,
-    raw_seconds: Annotated[float, typer.Option(help="Seconds per raw-model measurement point.")] = 2.0,
-    samples: Annotated[int, typer.Option(help="Faces whose outputs are checked against the raw model.")] = 8,
+    raw_seconds: Annotated[
+        float, typer.Option(min=0.05, help="Seconds per raw-model measurement point.")
+    ] = 2.0,
+    samples: Annotated[
+        int, typer.Option(min=1, help="Faces whose outputs are checked against the raw model.")
+    ] = 8,
     readme: Annotated[
         Path | None, typer.Option(help="Replace the generated benchmark section of this markdown file.")
     ] = None,
@@ -77,8 +93,11 @@ def bench_service(
     from facesr.service.bench.run import BenchOptions, run
     from facesr.service.bench.stack import StackError
 
-    if readme is not None and not readme.is_file():
-        raise typer.BadParameter(f"{readme} does not exist", param_hint="--readme")
+    if readme is not None:  # checked now, not after a run of many minutes
+        try:
+            report.splice_section(readme.read_text(), "")
+        except (OSError, ValueError) as error:
+            raise typer.BadParameter(str(error), param_hint="--readme") from None
     options = BenchOptions(
         out=out,
         checkpoint=checkpoint,
@@ -95,11 +114,11 @@ def bench_service(
         max_batch_size=max_batch_size,
         graph=graph,
         max_queue=max_queue,
-        concurrency=_numbers(concurrency) if concurrency else [],
+        concurrency=_positive_list(concurrency, "--concurrency", int) if concurrency else [],
         window_s=window_s,
         max_windows=max_windows,
         warmup_s=warmup_s,
-        open_fractions=_numbers(open_fractions, float),
+        open_fractions=_positive_list(open_fractions, "--open-fractions", float),
         open_duration_s=open_duration_s,
         p99_budget_ms=p99_budget_ms,
         raw_seconds=raw_seconds,

@@ -89,14 +89,19 @@ def make_client(base_url: str, connections: int) -> httpx.AsyncClient:
 
 @dataclass
 class Windows:
-    """The closed loop's measured windows: per window its samples and the counters at its start and end."""
+    """The closed loop's measured windows: per window its samples, how long it really lasted, and the
+    counters at its start and end."""
 
-    seconds: float
     samples: list[list[Sample]] = field(default_factory=list)
+    durations: list[float] = field(default_factory=list)  # seconds, as measured (a sleep can overrun)
     counters: list[Any] = field(default_factory=list)  # len(samples) + 1 snapshots
 
+    def add(self, samples: list[Sample], seconds: float) -> None:
+        self.samples.append(samples)
+        self.durations.append(seconds)
+
     def rate(self, index: int) -> float:
-        return sum(1 for s in self.samples[index] if s.status == OK) / self.seconds
+        return sum(1 for s in self.samples[index] if s.status == OK) / self.durations[index]
 
     def agree(self, last: int = 3, within: float = 0.10) -> bool:
         """True when the last ``last`` windows' throughputs are within ``within`` of their mean."""
@@ -128,7 +133,7 @@ async def closed_loop(
             status = await request.send(client)
             completed.append(Sample(due, time.perf_counter(), status))
 
-    windows = Windows(window_s)
+    windows = Windows()
     async with make_client(base_url, concurrency + 2) as client:
         tasks = [asyncio.create_task(client_loop(client)) for _ in range(concurrency)]
         try:
@@ -138,7 +143,8 @@ async def closed_loop(
                 opened = time.perf_counter()
                 first = len(completed)
                 await asyncio.sleep(window_s)
-                windows.samples.append([s for s in completed[first:] if s.done >= opened])
+                closed = time.perf_counter()
+                windows.add([s for s in completed[first:] if opened <= s.done <= closed], closed - opened)
                 windows.counters.append(await read_counters())
         finally:
             stop.set()
@@ -150,8 +156,8 @@ async def open_loop(
     base_url: str, request: Request, rate: float, duration_s: float, *, seed: int = 0
 ) -> tuple[list[Sample], float]:
     """Requests at Poisson times of mean ``rate`` per second for ``duration_s``, each sent when due
-    whatever the others are doing. Returns every sample and the seconds from the first arrival to the last
-    answer (at least ``duration_s``)."""
+    whatever the others are doing. Returns every sample and the seconds from the start of the arrivals to
+    the last answer (at least ``duration_s``)."""
     rng = np.random.default_rng(seed)
     gaps = rng.exponential(1.0 / rate, size=int(rate * duration_s * 2) + 16)
     offsets = np.cumsum(gaps)

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from facesr.model.inference import FaceSR
-from facesr.service.worker.layout import CPU_BATCH_CANDIDATES, measure_trial
+from facesr.service.worker.layout import measure_trial
 
 
 @dataclass(frozen=True)
@@ -33,10 +33,9 @@ class RawRow:
         return self.runners * self.batch_size / self.faces_per_second
 
 
-def _runner(engine: FaceSR) -> Any:
+def _runner(engine: FaceSR, largest: int) -> Any:
     side = engine.config.lr_size
-    faces = np.random.default_rng(0).integers(0, 256, size=(max(CPU_BATCH_CANDIDATES) * 8, side, side, 3))
-    faces = faces.astype(np.uint8)
+    faces = np.random.default_rng(0).integers(0, 256, size=(largest, side, side, 3)).astype(np.uint8)
 
     def run_batch(size: int) -> None:
         engine.enhance_tensor(faces[:size])
@@ -48,7 +47,7 @@ def measure(
     engine: FaceSR, runners: int, threads: int, batch_sizes: list[int], seconds: float
 ) -> list[RawRow]:
     """Faces/s with ``runners`` x ``threads`` at each batch size."""
-    run_batch = _runner(engine)
+    run_batch = _runner(engine, max(batch_sizes))
     return [
         RawRow(
             runners,
@@ -63,12 +62,6 @@ def measure(
 def single_core_best(engine: FaceSR, batch_sizes: list[int], seconds: float) -> RawRow:
     """The best of one runner with one thread over ``batch_sizes``: what one core gives."""
     return max(measure(engine, 1, 1, batch_sizes, seconds), key=lambda row: row.faces_per_second)
-
-
-def batch_sizes_to(limit: int) -> list[int]:
-    """1, 2, 4, ... below ``limit``, and ``limit``."""
-    sizes = [2**i for i in range(limit.bit_length()) if 2**i < limit]
-    return [*sizes, limit]
 
 
 def png(face: np.ndarray) -> bytes:

@@ -18,7 +18,7 @@ CLOSED_COLUMNS = (
 )
 OPEN_COLUMNS = (
     *("mode", "offered_per_s", "req_per_s", "p50_ms", "p99_ms", "errors", "rejected_fraction"),
-    *("rejected_p50_ms", "within_budget"),
+    *("rejected_p50_ms", "budget_ms", "within_budget"),
 )
 RAW_COLUMNS = ("runners", "threads_per_runner", "batch_size", "faces_per_second", "seconds_per_batch")
 TARGET_COLUMNS = ("mode", "quantity", "value", "target", "met")
@@ -30,13 +30,9 @@ def _cell(value: Any) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, float):
-        return (
-            f"{value:.3g}"
-            if abs(value) < 0.1 and value
-            else f"{value:.1f}"
-            if value < 1000
-            else f"{value:.0f}"
-        )
+        if value and abs(value) < 1:
+            return f"{value:.3g}"
+        return f"{value:.1f}" if abs(value) < 1000 else f"{value:.0f}"
     return str(value)
 
 
@@ -85,8 +81,8 @@ def markdown(result: Mapping[str, Any]) -> str:
             "",
             table(result["closed"], CLOSED_COLUMNS),
             "",
-            f"Open loop (Poisson arrivals; within budget: p99 <= {result['p99_budget_ms']:.0f} ms, under "
-            "0.1% rejected, no errors):",
+            "Open loop (Poisson arrivals; within budget: p99 <= the budget, which is twice one batch's "
+            "compute time unless given, under 0.1% rejected, no errors):",
             "",
             table(result["open"], OPEN_COLUMNS),
             "",

@@ -31,7 +31,7 @@ from facesr.model.config import LR_SIZE, DICConfig
 from facesr.model.generator import DICGenerator, count_parameters
 from facesr.model.inference import FaceSR
 from facesr.model.preprocess import to_lr_face
-from facesr.model.runtime import GraphMode
+from facesr.model.runtime import GraphMode, bucket_sizes
 from facesr.service.bench import counters, load, raw, stack
 from facesr.service.worker.layout import usable_cores
 
@@ -146,11 +146,11 @@ def start(options: BenchOptions, mode: str, layout: dict[str, Any] | None) -> st
 
 def served_layout(service: stack.Stack) -> tuple[str, dict[str, Any], dict[str, Any]]:
     """(model id, runner layout, card) of the one model the service serves."""
-    cards = service.served_models()
-    if len(cards) != 1:
-        raise stack.StackError(f"the benchmark needs exactly one served model, found {sorted(cards)}")
-    card = next(iter(cards.values()))
-    model_id = service.model_ids().get(next(iter(cards)), "")
+    models = service.served_models()
+    if len(models) != 1:
+        raise stack.StackError(f"the benchmark needs exactly one served model, found {sorted(models)}")
+    model = next(iter(models.values()))
+    card, model_id = model["card"], model.get("model_id") or ""
     if "runner_layout" not in card:
         raise stack.StackError("the service does not report its runner layout (an older version?)")
     return model_id, dict(card["runner_layout"]), card
@@ -200,7 +200,8 @@ def closed_sweep(options: BenchOptions, service: stack.Stack, request: load.Requ
             )
         )
         kept = windows.samples[-3:]
-        summary = load.summarize([s for window in kept for s in window], options.window_s * len(kept))
+        seconds = sum(windows.durations[-len(kept) :])
+        summary = load.summarize([s for window in kept for s in window], seconds)
         seen = counters.difference(windows.counters[-len(kept) - 1], windows.counters[-1])
         row = {
             "mode": service.mode,
@@ -249,6 +250,7 @@ def open_sweep(
             "fraction": fraction,
             "offered_per_s": round(rate, 2),
             **summary,
+            "budget_ms": round(budget_ms),
             "within_budget": p99 is not None
             and p99 <= budget_ms
             and summary["rejected_fraction"] < 0.001
@@ -374,13 +376,13 @@ class Yardstick:
             graph=None if options.graph == "auto" else cast("GraphMode", options.graph),
             max_batch_size=int(layout["max_batch_size"]),
         )
-        sizes = raw.batch_sizes_to(int(layout["max_batch_size"]))
+        sizes = bucket_sizes(int(layout["max_batch_size"]))
         single = raw.single_core_best(engine, sizes, options.raw_seconds)
         return cls(engine, layout, options.raw_seconds, single, raw.reference_outputs(engine, faces))
 
     def _measure(self, runners: int) -> list[raw.RawRow]:
         threads = max(1, int(self.layout["threads_per_runner"]))
-        sizes = raw.batch_sizes_to(int(self.layout["max_batch_size"]))
+        sizes = bucket_sizes(int(self.layout["max_batch_size"]))
         return raw.measure(self.engine, runners, threads, sizes, self.seconds)
 
     def first(self, runners: int) -> list[dict[str, Any]]:
@@ -428,6 +430,11 @@ def run(options: BenchOptions) -> dict[str, Any]:
             if yardstick is None:
                 options.say(f"layout {layout}; measuring the raw model in this process")
                 yardstick = Yardstick.measure(options, layout, faces)
+                if model_id and yardstick.engine.model_id != model_id:
+                    raise stack.StackError(
+                        f"the service serves {model_id}, the raw model here is {yardstick.engine.model_id}: "
+                        "pass the served checkpoint with --checkpoint"
+                    )
                 result.update(
                     model_id=model_id, model_device=card.get("device"), model_graph=card.get("graph")
                 )
@@ -441,7 +448,6 @@ def run(options: BenchOptions) -> dict[str, Any]:
             closed = closed_sweep(options, service, request)
             saturation = max(row["req_per_s"] for row in closed)
             budget = options.p99_budget_ms or 2000 * batch_seconds(raw_first, layout)
-            result["p99_budget_ms"] = budget
             result["modes"][mode] = {"layout": layout, "runners": runners, "saturation_req_per_s": saturation}
             result["closed"] += closed
             result["open"] += open_sweep(options, service, request, saturation, budget)

@@ -61,17 +61,11 @@ class Stack:
             time.sleep(0.25)
         raise StackError(f"{self.url} was not ready within {timeout_s:.0f} s (last answer: {last})")
 
-    def served_models(self) -> dict[str, Any]:
-        """GET /v1/models as {name: card}."""
+    def served_models(self) -> dict[str, dict[str, Any]]:
+        """GET /v1/models as {name: the model's entry (model_id, card, ...)}."""
         response = httpx.get(f"{self.url}/v1/models", timeout=10)
         response.raise_for_status()
-        return {model["name"]: model["card"] for model in response.json()["models"]}
-
-    def model_ids(self) -> dict[str, str]:
-        """GET /v1/models as {name: model id}."""
-        response = httpx.get(f"{self.url}/v1/models", timeout=10)
-        response.raise_for_status()
-        return {model["name"]: model.get("model_id") or "" for model in response.json()["models"]}
+        return {model["name"]: model for model in response.json()["models"]}
 
     def stop(self) -> None:
         for _, process in reversed(self.processes):
@@ -118,33 +112,13 @@ def start_redis_mode(settings: Mapping[str, str], workers: int, logs: Path) -> S
         raise StackError("redis-server is not installed; Redis mode needs it (or pass --url)")
     redis_port, api_port = free_port(), free_port()
     stack = Stack("redis", f"http://127.0.0.1:{api_port}", [])
-    redis = _spawn(
-        "redis",
-        [
-            "redis-server",
-            "--port",
-            str(redis_port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ],
-        os.environ,
-        logs,
-    )
-    stack.processes.append(("redis", redis))
-    env = service_environment({**settings, "FACESR_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0"})
-    for index in range(workers):
-        metrics_port = free_port()
-        command = [*CLI, "worker", "--metrics-port", str(metrics_port)]
-        stack.processes.append((f"worker-{index}", _spawn(f"worker-{index}", command, env, logs)))
-        stack.metrics_urls.append(f"http://127.0.0.1:{metrics_port}/metrics")
-    api = _spawn("api", [*CLI, "serve", "--host", "127.0.0.1", "--port", str(api_port)], env, logs)
-    stack.processes.append(("api", api))
-    _ready_or_stop(stack)
-    _wait_for_workers(stack, workers)
+    try:
+        _start_redis_processes(stack, settings, workers, logs, redis_port, api_port)
+        stack.wait_ready()
+        _wait_for_workers(stack, workers)
+    except BaseException:  # a failed spawn or wait must not leave Redis, API or workers running
+        stack.stop()
+        raise
     return stack
 
 
@@ -153,10 +127,9 @@ def _wait_for_workers(stack: Stack, workers: int, timeout_s: float = READY_TIMEO
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         cards = stack.served_models()
-        if cards and min(int(card.get("workers", 0)) for card in cards.values()) >= workers:
+        if cards and min(int(model["card"].get("workers", 0)) for model in cards.values()) >= workers:
             return
         time.sleep(0.25)
-    stack.stop()
     raise StackError(f"not every one of the {workers} workers became ready within {timeout_s:.0f} s")
 
 
@@ -173,3 +146,28 @@ def existing(url: str, metrics_urls: Sequence[str]) -> Stack:
     stack = Stack("url", url.rstrip("/"), list(metrics_urls) or [f"{url.rstrip('/')}/metrics"])
     stack.wait_ready(timeout_s=30)
     return stack
+
+
+def _start_redis_processes(
+    stack: Stack, settings: Mapping[str, str], workers: int, logs: Path, redis_port: int, api_port: int
+) -> None:
+    server = [
+        "redis-server",
+        "--port",
+        str(redis_port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ]
+    stack.processes.append(("redis", _spawn("redis", server, os.environ, logs)))
+    env = service_environment({**settings, "FACESR_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0"})
+    for index in range(workers):
+        metrics_port = free_port()
+        command = [*CLI, "worker", "--metrics-port", str(metrics_port)]
+        stack.processes.append((f"worker-{index}", _spawn(f"worker-{index}", command, env, logs)))
+        stack.metrics_urls.append(f"http://127.0.0.1:{metrics_port}/metrics")
+    api = _spawn("api", [*CLI, "serve", "--host", "127.0.0.1", "--port", str(api_port)], env, logs)
+    stack.processes.append(("api", api))

@@ -124,6 +124,9 @@ class MemoryJobSource:
         for _, result in answered:
             self._deliver(result)
 
+    def release(self, deliveries: Sequence[Delivery]) -> None:
+        """Nothing to do: :meth:`finish` already counted them out, and nothing else can fail in between."""
+
     def maintain(self) -> None:
         """Nothing to reclaim: jobs cannot outlive their worker in one process."""
 

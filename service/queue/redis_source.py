@@ -214,8 +214,8 @@ class RedisJobSource:
     def next_batch(self, max_items: int, max_wait_s: float, stop: threading.Event) -> list[Delivery]:
         with self._read_lock:
             batch = self._next_batch(max_items, max_wait_s, stop)
-        with self._backlog_lock:
-            self._handed_out.update(d.handle for d in batch)
+            with self._backlog_lock:  # before the next read: a re-read must see them as handed out
+                self._handed_out.update(d.handle for d in batch)
         return batch
 
     def _next_batch(self, max_items: int, max_wait_s: float, stop: threading.Event) -> list[Delivery]:
@@ -322,9 +322,13 @@ class RedisJobSource:
             return
         try:
             self._reply_and_ack(answered)
-        finally:  # finished or not, no runner holds them now: a re-read after a failure may take them
-            with self._backlog_lock:
-                self._handed_out.difference_update(d.handle for d, _ in answered)
+        finally:
+            self.release([d for d, _ in answered])
+
+    def release(self, deliveries: Sequence[Delivery]) -> None:
+        """No runner holds these any longer: a re-read after a failure may hand them out again."""
+        with self._backlog_lock:
+            self._handed_out.difference_update(d.handle for d in deliveries)
 
     def _reply_and_ack(self, answered: Sequence[tuple[Delivery, JobResult]]) -> None:
         ttl = max(1, int(self.reply_ttl_s))

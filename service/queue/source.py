@@ -51,8 +51,8 @@ class WorkerInfo:
 class JobSource(Protocol):
     """Transport used by :class:`facesr.service.worker.loop.Worker`.
 
-    Methods are called from the worker thread, except :meth:`heartbeat` and :meth:`keep_alive`, which the
-    heartbeat thread calls."""
+    Methods are called from the worker's runner threads (several at once when it has several runners),
+    except :meth:`heartbeat`, :meth:`keep_alive` and :meth:`withdraw`, which the heartbeat thread calls."""
 
     def open(self, worker_id: str, models: Sequence[str]) -> None:
         """Prepare to consume jobs for ``models`` (create consumer groups etc.)."""
@@ -66,6 +66,9 @@ class JobSource(Protocol):
 
     def finish(self, answered: Sequence[tuple[Delivery, JobResult]]) -> None:
         """Send each result to its caller, then acknowledge and delete the entries."""
+
+    def release(self, deliveries: Sequence[Delivery]) -> None:
+        """The worker holds these deliveries no longer, answered or not (called after every batch)."""
 
     def maintain(self) -> None:
         """Periodic housekeeping: take over jobs of dead workers, dead-letter exhausted ones."""

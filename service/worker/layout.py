@@ -20,11 +20,13 @@ a batch and how to set a thread's intra-op thread count.
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 ChosenBy = Literal["settings", "measured", "device"]
@@ -37,12 +39,32 @@ DEFAULT_TRIAL_S = 1.0
 NEAR_BEST = 0.05  # a candidate this close to the fastest counts as fast as it (measurement noise)
 
 
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+
+
 def usable_cores() -> int:
-    """CPU cores this process may run on (its affinity mask, which containers and taskset narrow)."""
+    """CPU cores this process may use: its affinity mask (taskset, cpusets) or, when lower, its cgroup v2
+    CPU quota rounded up (``docker run --cpus``, Kubernetes CPU limits)."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
+        cores = os.cpu_count() or 1
+    quota = cgroup_cpu_quota(CGROUP_CPU_MAX)
+    return max(1, min(cores, quota) if quota else cores)
+
+
+def cgroup_cpu_quota(path: Path) -> int | None:
+    """``quota period`` of a cgroup v2 ``cpu.max`` file as whole CPUs (rounded up); None without a limit."""
+    try:
+        quota, period = path.read_text().split()[:2]
+    except (OSError, ValueError):
+        return None
+    if quota == "max":
+        return None
+    try:
+        return max(1, math.ceil(int(quota) / int(period)))
+    except (ValueError, ZeroDivisionError):
+        return None
 
 
 @dataclass(frozen=True)
@@ -134,10 +156,16 @@ def measure_trial(
 ) -> LayoutTrial:
     """Run ``runners`` threads with ``threads`` intra-op threads each, all calling ``run_batch`` at
     ``batch_size`` for about ``trial_s`` seconds after one untimed call each; faces/s of all together."""
-    start = threading.Barrier(runners + 1)
     faces = [0] * runners
     errors: list[BaseException] = []
     stop_at = [0.0]
+    began = [0.0]
+
+    def open_window() -> None:  # run by the barrier before any party is released
+        began[0] = time.perf_counter()
+        stop_at[0] = began[0] + trial_s
+
+    start = threading.Barrier(runners + 1, action=open_window)
 
     def runner(index: int) -> None:
         try:
@@ -165,11 +193,9 @@ def measure_trial(
     for thread in threads_started:
         thread.start()
     start.wait()
-    began = time.perf_counter()
-    stop_at[0] = began + trial_s
     for thread in threads_started:
         thread.join()
-    elapsed = time.perf_counter() - began
+    elapsed = time.perf_counter() - began[0]
     if errors:
         raise errors[0]
     return LayoutTrial(runners, threads, batch_size, sum(faces) / max(elapsed, 1e-9))
@@ -183,9 +209,11 @@ def choose_layout(
     *,
     cores: int | None = None,
     trial_s: float = DEFAULT_TRIAL_S,
+    stop: threading.Event | None = None,
 ) -> RunnerLayout:
     """The layout for ``device`` ("cpu", "cuda:0", ...): as fixed by ``request``, else by the device's
-    rule or a measurement.
+    rule or a measurement. A set ``stop`` ends the measurement between candidates (the best so far is
+    kept; a worker that is stopping does not serve with it anyway).
 
     ``run_batch(n)`` runs the model once on ``n`` faces; it is called from several threads at once,
     each of which first calls ``set_threads`` with the candidate's thread count. Trials run on threads
@@ -206,6 +234,8 @@ def choose_layout(
         )
     trials: list[LayoutTrial] = []
     for runners, threads, batch in cpu_candidates(request, cores or usable_cores()):
+        if stop is not None and stop.is_set() and trials:
+            break
         split = (runners, threads)
         split_best = max(
             (t.faces_per_second for t in trials if (t.runners, t.threads_per_runner) == split), default=0.0

@@ -16,8 +16,10 @@ SIGTERM (or :meth:`Worker.stop`) stops reading; the batch in hand is finished an
 
 Stall watchdog: a batch running longer than ``batch_timeout_s`` (a model call that never returns) makes the
 heartbeat thread log an error, report the worker not ready and withdraw its heartbeat, and stop refreshing
-its in-flight jobs, so other workers take them over. Should the batch finish after all, the worker
-answers it (a second answer is dropped as late by the API) and reports ready again.
+its in-flight jobs, so other workers take them over. Its other runners take no new batch while it lasts
+(one that was already waiting for a job when the stall began finishes that one batch). Should the batch
+finish after all, the worker answers it (a second answer is dropped as late by the API) and reports ready
+again.
 
 Runners share the engines (inference only reads the weights) and the job source (both sources are safe
 to read from several threads), and answer their batches independently. Counters, throughput and the
@@ -204,6 +206,7 @@ class Worker:
             run_batch,
             torch.set_num_threads,
             trial_s=self.settings.layout_trial_s,
+            stop=self._stop,
         )
         self.layout = layout
         self.max_batch_size = layout.max_batch_size
@@ -275,18 +278,20 @@ class Worker:
                     engine.enhance_tensor(np.zeros((size, side, side, 3), np.uint8))
                 except torch.cuda.OutOfMemoryError:
                     torch.cuda.empty_cache()
-                    fitted = [s for s in self.warmup_batch_sizes if s < size]
-                    if not fitted:
-                        raise
-                    log.warning(
-                        "%s: batch size %d does not fit in GPU memory; lowering max_batch_size from %d to %d",
-                        name,
-                        size,
-                        self.max_batch_size,
-                        fitted[-1],
-                    )
-                    self.max_batch_size = fitted[-1]
-                    self.warmup_batch_sizes = fitted
+                    with self._lock:  # runners warm up side by side
+                        fitted = [s for s in self.warmup_batch_sizes if s < size]
+                        if not fitted:
+                            raise
+                        log.warning(
+                            "%s: batch size %d does not fit in GPU memory; lowering max_batch_size "
+                            "from %d to %d",
+                            name,
+                            size,
+                            self.max_batch_size,
+                            fitted[-1],
+                        )
+                        self.max_batch_size = fitted[-1]
+                        self.warmup_batch_sizes = fitted
                     break
                 elapsed = time.perf_counter() - started
                 self._throughput = max(self._throughput, size / max(elapsed, 1e-6))
@@ -303,6 +308,11 @@ class Worker:
         backoff = Backoff()
         next_maintenance = 0.0
         while not self._stop.is_set():
+            if self._stalled:
+                # The heartbeat is withdrawn and keep-alives have stopped, so other workers may take any
+                # job this worker holds; taking more (or reclaiming the stalled batch) would compute twice.
+                self._stop.wait(0.1)
+                continue
             try:
                 if runner == 0 and time.monotonic() >= next_maintenance:  # one runner does housekeeping
                     self.source.maintain()
@@ -328,6 +338,7 @@ class Worker:
         finally:
             with self._lock:
                 self._in_flight.pop(runner, None)
+            self.source.release(batch)
 
     def _answer(self, batch: Sequence[Delivery]) -> list[tuple[Delivery, JobResult]]:
         batch_started = time.time()

@@ -25,14 +25,18 @@ def test_summaries_count_only_answers_as_throughput_and_measure_from_when_a_requ
 
 def test_windows_agree_only_when_the_last_three_are_within_ten_percent():
     def windows(*counts: int) -> load.Windows:
-        result = load.Windows(1.0)
-        result.samples = [[load.Sample(0, 0, 200)] * count for count in counts]
+        result = load.Windows()
+        for count in counts:
+            result.add([load.Sample(0, 0, 200)] * count, 1.0)
         return result
 
     assert windows(5, 100, 100, 105).agree()
     assert not windows(100, 100, 112).agree()
     assert not windows(100, 100).agree()  # fewer than three
     assert not windows(0, 0, 0).agree()
+    late = load.Windows()
+    late.add([load.Sample(0, 0, 200)] * 10, 2.0)  # a window that overran its sleep counts its real length
+    assert late.rate(0) == 5.0
 
 
 def exposition(inferences: float, batches: float, model_seconds: float) -> str:
@@ -68,5 +72,6 @@ def test_the_readme_section_is_replaced_between_its_markers_only():
 
 
 def test_tables_show_missing_values_and_booleans_readably():
-    text = report.table([{"a": None, "b": True, "c": 0.01234, "d": 12.345}], ("a", "b", "c", "d"))
-    assert text.splitlines()[-1] == "| - | yes | 0.0123 | 12.3 |"
+    row = {"a": None, "b": True, "c": 0.01234, "d": 12.345, "e": 0.1264}
+    text = report.table([row], ("a", "b", "c", "d", "e"))
+    assert text.splitlines()[-1] == "| - | yes | 0.0123 | 12.3 | 0.126 |"

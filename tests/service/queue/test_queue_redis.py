@@ -687,3 +687,29 @@ def test_a_reconnect_never_hands_a_batch_in_progress_to_a_second_runner(redis_ur
     source.finish([(d, JobResult(request_id=d.request_id or "", ok=True)) for d in [*in_progress, *second]])
     assert source.next_batch(4, 0.0, stop) == []
     source.close()
+
+
+def test_a_batch_released_unanswered_is_handed_out_again_after_a_reconnect(
+    redis_url: str, prefix: str
+) -> None:
+    """A batch can end without an answer (Redis failed while the worker asked which jobs were cancelled);
+    the worker releases it, and the next re-read of the consumer's entries hands it out again."""
+    keys = Keys(prefix)
+    with redis.Redis.from_url(redis_url) as client:
+        client.xgroup_create(keys.jobs(MODEL), GROUP, id="0", mkstream=True)
+        client.xadd(keys.jobs(MODEL), encode_job(job("r0"), "api"))
+    source = RedisJobSource(
+        queue_settings(redis_url, prefix=prefix, claim_idle_ms=600_000),
+        events=metrics.PrometheusQueueEvents(),
+    )
+    source.open("one-runner", [MODEL])
+    stop = threading.Event()
+    batch = source.next_batch(1, 0.0, stop)
+    source.release(batch)  # never finished
+    source._reread_own = True  # the state a Redis error leaves behind (see the test above)
+
+    again = source.next_batch(1, 0.0, stop)
+
+    assert [d.request_id for d in again] == ["r0"]
+    source.finish([(d, JobResult(request_id=d.request_id or "", ok=True)) for d in again])
+    source.close()

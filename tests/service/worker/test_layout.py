@@ -17,6 +17,7 @@ from facesr.service.worker.layout import (
     LayoutRequest,
     LayoutTrial,
     RunnerLayout,
+    cgroup_cpu_quota,
     choose_layout,
     cpu_candidates,
     layout_from_trials,
@@ -126,3 +127,26 @@ def test_the_layout_is_json_for_heartbeats():
         "chosen_by": "measured",
         "measured_faces_per_second": 12.35,
     }
+
+
+def test_a_cgroup_cpu_quota_counts_as_whole_cores(tmp_path):
+    cpu_max = tmp_path / "cpu.max"
+    for text, cores in (
+        ("max 100000", None),
+        ("150000 100000", 2),
+        ("200000 100000\n", 2),
+        ("nonsense", None),
+    ):
+        cpu_max.write_text(text)
+        assert cgroup_cpu_quota(cpu_max) == cores
+    assert cgroup_cpu_quota(tmp_path / "missing") is None
+
+
+def test_a_stop_ends_the_measurement_after_the_first_candidate():
+    model = SleepingModel()
+    stop = threading.Event()
+    stop.set()
+    layout = choose_layout(
+        LayoutRequest(), "cpu", model.run_batch, model.set_threads, cores=2, trial_s=0.05, stop=stop
+    )
+    assert len(layout.trials) == 1

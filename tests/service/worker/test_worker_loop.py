@@ -95,6 +95,9 @@ class RecordingSource:
     def finish(self, answered) -> None:
         self.finished.extend(answered)
 
+    def release(self, deliveries) -> None:
+        self.events.append(("release", len(deliveries)))
+
     def maintain(self) -> None:
         pass
 

@@ -163,3 +163,59 @@ def test_a_runner_that_fails_stops_the_worker_with_its_error(engine: FaceSR):
     with pytest.raises(RuntimeError, match="the model is broken"):
         worker.run()
     assert not worker.is_ready()
+
+
+class HeldEngine:
+    """Delegates to a real engine; once ``armed``, the first call waits until ``gate`` is set."""
+
+    def __init__(self, inner: FaceSR) -> None:
+        self.inner = inner
+        self.card, self.model_id = inner.card, inner.model_id
+        self.device, self.dtype, self.config = inner.device, inner.dtype, inner.config
+        self.armed = False
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+
+    def enhance_tensor(self, lr: np.ndarray, *, return_steps: bool = False) -> list[Any]:
+        if self.armed and not self.entered.is_set():
+            self.entered.set()
+            self.gate.wait(timeout=30)
+        return self.inner.enhance_tensor(lr, return_steps=return_steps)
+
+
+def test_while_one_runner_is_stalled_the_others_take_no_new_jobs(engine: FaceSR):
+    """A stalled worker has withdrawn its heartbeat, so other workers may take its jobs; its idle runners
+    must not take more meanwhile (they would be computed twice)."""
+    results: list[JobResult] = []
+    source = MemoryJobSource(16, results.append)
+    held = HeldEngine(engine)
+    settings = worker_settings(
+        runners=2, threads_per_runner=1, max_batch_size=1, heartbeat_interval_s=0.05, batch_timeout_s=0.3
+    )
+    worker = Worker({MODEL: held}, source, settings)
+    thread = run_worker(worker)
+    try:
+        held.armed = True
+        source.put(make_job(10), lambda depth: 1.0)
+        assert held.entered.wait(10)
+        deadline = time.monotonic() + 10
+        while worker.is_ready() and time.monotonic() < deadline:  # the watchdog notices the stall
+            time.sleep(0.02)
+        assert not worker.is_ready()
+        for colour in (100, 150, 200):
+            source.put(make_job(colour), lambda depth: 1.0)
+        time.sleep(0.8)  # an idle runner would have answered all three by now
+        # The idle runner may already have been waiting for a job when the stall began: it takes at most
+        # that one batch, then no more until the stall is over.
+        assert len(results) <= 1
+        assert source.depth() >= 3  # the stalled batch, and at least two waiting
+        held.gate.set()
+        deadline = time.monotonic() + 30
+        while len(results) < 4 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert len(results) == 4 and all(r.ok for r in results)
+        assert worker.is_ready()  # the stall is over
+    finally:
+        held.gate.set()
+        worker.stop()
+        thread.join(timeout=30)
