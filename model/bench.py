@@ -14,6 +14,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from facesr.model.device import dtype_name
 from facesr.model.inference import FaceSR
+from facesr.model.runtime import bucket_sizes
 
 
 @dataclass(frozen=True)
@@ -58,15 +59,6 @@ def _peak_rss_bytes() -> int:
     return int(peak if sys.platform == "darwin" else peak * 1024)
 
 
-def batch_sizes_up_to(limit: int) -> list[int]:
-    """1, 2, 4, ... up to `limit` (and `limit` itself)."""
-    sizes, size = [], 1
-    while size < limit:
-        sizes.append(size)
-        size *= 2
-    return [*sizes, limit]
-
-
 def bench_batch(engine: FaceSR, batch_size: int, repeats: int, warmup: int = 1, seed: int = 0) -> BenchRow:
     """Time `repeats` forward passes of a random-face batch after `warmup` untimed ones."""
     rng = np.random.default_rng(seed)
@@ -97,7 +89,7 @@ def run_benchmark(
 ) -> BenchReport:
     """Every batch size 1, 2, 4, ... up to `max_batch`; a JSON-able report. With the device's
     ``peak_tflops`` the table also shows the fraction of it that the convolutions reach."""
-    rows = [bench_batch(engine, size, repeats) for size in batch_sizes_up_to(max_batch)]
+    rows = [bench_batch(engine, size, repeats) for size in bucket_sizes(max_batch)]
     return BenchReport(
         model=engine.describe(),
         config=engine.config.to_dict(),

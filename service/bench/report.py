@@ -32,6 +32,8 @@ def _cell(value: Any) -> str:
     if isinstance(value, float):
         if value and abs(value) < 1:
             return f"{value:.3g}"
+        if abs(value) < 10:
+            return f"{value:.2f}"
         return f"{value:.1f}" if abs(value) < 1000 else f"{value:.0f}"
     return str(value)
 

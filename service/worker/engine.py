@@ -53,7 +53,8 @@ def describe_engine(engine: Engine) -> dict[str, Any]:
         "model_id": engine.model_id,
         "device": str(engine.device),
         "dtype": dtype_label(engine.dtype),
-        "graph": getattr(engine, "graph", "eager"),
+        # How it runs (eager, trace, compile); an engine that does not say is not advertised as one.
+        **({"graph": graph} if isinstance(graph := getattr(engine, "graph", None), str) else {}),
     }
 
 

@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from facesr.model.runtime import bucket_sizes
 from facesr.service import metrics
 from facesr.service.queue.backoff import Backoff
 from facesr.service.queue.base import BackendUnavailable
@@ -69,8 +70,7 @@ def warmup_sizes(max_batch_size: int, mode: WarmupMode) -> list[int]:
     if mode == "all":
         return list(range(1, max_batch_size + 1))
     if mode == "pow2":
-        sizes = [2**i for i in range(max_batch_size.bit_length()) if 2**i <= max_batch_size]
-        return sorted({*sizes, max_batch_size})
+        return bucket_sizes(max_batch_size)
     raise ValueError(f"warmup mode must be 'all' or 'pow2', got {mode!r}")
 
 

@@ -72,6 +72,6 @@ def test_the_readme_section_is_replaced_between_its_markers_only():
 
 
 def test_tables_show_missing_values_and_booleans_readably():
-    row = {"a": None, "b": True, "c": 0.01234, "d": 12.345, "e": 0.1264}
-    text = report.table([row], ("a", "b", "c", "d", "e"))
-    assert text.splitlines()[-1] == "| - | yes | 0.0123 | 12.3 | 0.126 |"
+    row = {"a": None, "b": True, "c": 0.01234, "d": 12.345, "e": 0.1264, "f": 1.757}
+    text = report.table([row], ("a", "b", "c", "d", "e", "f"))
+    assert text.splitlines()[-1] == "| - | yes | 0.0123 | 12.3 | 0.126 | 1.76 |"  # 1.76 is not shown as 1.8
