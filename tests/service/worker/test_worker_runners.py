@@ -30,14 +30,24 @@ def engine() -> FaceSR:
     return FaceSR.from_config(DICConfig.tiny(num_steps=2), name=MODEL)
 
 
-class MeetingEngine:
-    """Delegates to a real engine; once ``armed``, every call waits at a two-party barrier first, so a
-    call returns only while another one is in the model too (or fails after a timeout)."""
+class DelegatingEngine:
+    """What the worker reads of an engine, taken from a real one; subclasses change ``enhance_tensor``."""
 
     def __init__(self, inner: FaceSR) -> None:
         self.inner = inner
         self.card, self.model_id = inner.card, inner.model_id
         self.device, self.dtype, self.config = inner.device, inner.dtype, inner.config
+
+    def enhance_tensor(self, lr: np.ndarray, *, return_steps: bool = False) -> list[Any]:
+        return self.inner.enhance_tensor(lr, return_steps=return_steps)
+
+
+class MeetingEngine(DelegatingEngine):
+    """Delegates to a real engine; once ``armed``, every call waits at a two-party barrier first, so a
+    call returns only while another one is in the model too (or fails after a timeout)."""
+
+    def __init__(self, inner: FaceSR) -> None:
+        super().__init__(inner)
         self.armed = False
         self.barrier = threading.Barrier(2, timeout=20)
         self.threads: set[str] = set()
@@ -142,12 +152,8 @@ def test_an_automatic_layout_is_measured_before_readiness(engine: FaceSR):
     assert worker.max_batch_size == layout.max_batch_size
 
 
-class FailsAtWarmUp:
+class FailsAtWarmUp(DelegatingEngine):
     """An engine whose every call fails (a broken model)."""
-
-    def __init__(self, inner: FaceSR) -> None:
-        self.card, self.model_id = inner.card, inner.model_id
-        self.device, self.dtype, self.config = inner.device, inner.dtype, inner.config
 
     def enhance_tensor(self, lr: np.ndarray, *, return_steps: bool = False) -> list[Any]:
         raise RuntimeError("the model is broken")
@@ -165,13 +171,11 @@ def test_a_runner_that_fails_stops_the_worker_with_its_error(engine: FaceSR):
     assert not worker.is_ready()
 
 
-class HeldEngine:
+class HeldEngine(DelegatingEngine):
     """Delegates to a real engine; once ``armed``, the first call waits until ``gate`` is set."""
 
     def __init__(self, inner: FaceSR) -> None:
-        self.inner = inner
-        self.card, self.model_id = inner.card, inner.model_id
-        self.device, self.dtype, self.config = inner.device, inner.dtype, inner.config
+        super().__init__(inner)
         self.armed = False
         self.gate = threading.Event()
         self.entered = threading.Event()
