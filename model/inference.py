@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 from collections.abc import Sequence
@@ -18,9 +19,9 @@ from facesr.model.config import DICConfig
 from facesr.model.device import dtype_name, resolve_device, resolve_dtype
 from facesr.model.errors import CheckpointError, InputImageError
 from facesr.model.generator import DICGenerator, count_parameters
+from facesr.model.input_policy import DEFAULT_FIT, Fit, InputTransform, prepare_face
 from facesr.model.landmarks import decode_heatmaps, landmark_confidence
 from facesr.model.normalization import images_to_tensor, tensor_to_images
-from facesr.model.preprocess import to_lr_face
 from facesr.model.runtime import GeneratorRunner, GraphMode, bucket_sizes, default_graph
 
 log = logging.getLogger(__name__)
@@ -33,15 +34,23 @@ class FaceResult:
     image: 128 x 128 x 3 uint8 RGB (final step).
     landmarks: 68 x 2 float32 (x, y) in output pixels, or None for a model without landmark branch.
     steps: every step's 128 x 128 x 3 uint8 image when asked, else None.
-    resized_from: the input's (width, height) when it was not 16 x 16 and was resized, else None.
     confidence: 68 float32 in [0, 1], each point's heatmap peak (None without landmarks).
+    transform: what the input policy did to the input (`facesr.model.input_policy`), None for inputs
+        given at the model's size to `enhance_tensor`.
     """
 
     image: np.ndarray
     landmarks: np.ndarray | None
     steps: list[np.ndarray] | None = None
-    resized_from: tuple[int, int] | None = None
     confidence: np.ndarray | None = None
+    transform: InputTransform | None = None
+
+    @property
+    def resized_from(self) -> tuple[int, int] | None:
+        """The input's (width, height) when it was not already at the model's input size, else None."""
+        if self.transform is None or (self.transform.fit is None and not self.transform.resized):
+            return None
+        return (self.transform.width, self.transform.height)
 
 
 def _weights_digest(generator: DICGenerator) -> str:
@@ -142,21 +151,29 @@ class FaceSR:
 
     # -- inference -------------------------------------------------------------------------------
     def enhance(
-        self, images: Sequence[np.ndarray | Image.Image], *, return_steps: bool = False
+        self,
+        images: Sequence[np.ndarray | Image.Image],
+        *,
+        return_steps: bool = False,
+        fit: Fit = DEFAULT_FIT,
     ) -> list[FaceResult]:
-        """Super-resolve faces of any size.
+        """Super-resolve upright faces of any size, following the input policy.
 
-        Inputs that are not at the model's input size (16 x 16) are made into LR faces first, exactly as
-        the training LR images (`facesr.model.preprocess.to_lr_face`: PIL bicubic, antialiased).
+        Inputs that are not at the model's input size (16 x 16) are made square (``fit``: centre crop or
+        edge padding) and resized exactly as the training LR images (`facesr.model.input_policy`).
+        Each result's `transform` records what was done; too small an input raises `InputTooSmallError`.
         """
         if len(images) == 0:
             return []
-        prepared = [to_lr_face(image, size=self.config.lr_size) for image in images]
-        batch = np.stack([lr for lr, _ in prepared])
+        config = self.config
+        prepared = [
+            prepare_face(image, fit=fit, size=config.lr_size, output_size=config.hr_size) for image in images
+        ]
+        batch = np.stack([face.lr_rgb for face in prepared])
         results = self.enhance_tensor(batch, return_steps=return_steps)
         return [
-            FaceResult(r.image, r.landmarks, r.steps, resized_from=size, confidence=r.confidence)
-            for r, (_, size) in zip(results, prepared, strict=True)
+            dataclasses.replace(result, transform=face.transform)
+            for result, face in zip(results, prepared, strict=True)
         ]
 
     def enhance_tensor(self, lr: np.ndarray, *, return_steps: bool = False) -> list[FaceResult]:

@@ -3,8 +3,9 @@
 The two image conventions every other module uses:
 
 * `make_lr`: an HR face -> the LR face. PIL bicubic, which antialiases when it shrinks; the
-  training samples, the evaluation protocol, the validation baseline and the serving path
-  (`to_lr_face`) all make their LR faces with it, so training and serving see the same pixels.
+  training samples, the evaluation protocol, the validation baseline and the input policy of the API
+  and CLI (`facesr.model.input_policy`) all make their LR faces with it, so training and serving see
+  the same pixels.
 * `bicubic_baseline`: an LR face -> PIL bicubic upscaling back to the HR size (the baseline that every
   score is compared with).
 
@@ -101,27 +102,3 @@ def bicubic_baseline(lr: np.ndarray | Image.Image, size: int = HR_SIZE) -> np.nd
         size x size x 3 uint8 RGB, or N x size x size x 3 for a batch.
     """
     return _resize_faces(lr, size, BICUBIC)
-
-
-def to_lr_face(
-    image: Image.Image | np.ndarray, *, size: int = LR_SIZE
-) -> tuple[np.ndarray, tuple[int, int] | None]:
-    """Any face image -> the model input, made exactly as the training LR images (`make_lr`).
-
-    Images that are not size x size are resized with `make_lr` (PIL bicubic, antialiased when
-    shrinking), which is how the training LR faces are made from the 128 x 128 HR crops. Alpha is
-    composited on black.
-
-    Args:
-        image: a PIL image or a uint8 array (H x W gray, H x W x 3 RGB or H x W x 4 RGBA).
-        size: side of the model input (default `LR_SIZE`, 16).
-
-    Returns:
-        (size x size x 3 uint8 RGB array, the original (width, height) if it was resized, else None).
-    """
-    rgb = as_rgb_image(image)
-    if rgb.width < 1 or rgb.height < 1:
-        raise InputImageError(f"image has no pixels: {rgb.width}x{rgb.height}")
-    if rgb.size == (size, size):
-        return np.array(rgb, dtype=np.uint8), None
-    return make_lr(rgb, size), rgb.size

@@ -115,6 +115,13 @@ class InvalidOptionsError(ServiceError):
     outcome, reason = "rejected", "bad_options"
 
 
+class FaceTooSmallError(ServiceError):
+    """The image (or the square the input policy takes from it) is below the policy's minimum side."""
+
+    status, slug, title = 422, "input-too-small", "Image too small for a face"
+    outcome, reason = "rejected", "too_small"
+
+
 class UnknownModelError(InvalidOptionsError):
     """The request names a model that no worker serves."""
 

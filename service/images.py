@@ -3,29 +3,43 @@
 Order of checks for an upload (each failure is a `ServiceError` with its own status):
 1. declared part type: anything but `image/*` or a generic binary type is refused (415);
 2. bytes: empty (400) or more than the limit (413) — the body itself is capped while it is read;
-3. header only (`Image.open` reads no pixel data): the format must be PNG, JPEG, WebP or BMP (415,
-   or 400 when it is no image at all) and width x height within the pixel limit (413), so a tiny file
-   announcing 100000 x 100000 pixels is refused before a single pixel is decoded;
-4. full decode of the first frame (truncated or corrupt data -> 400), EXIF orientation applied,
-   then the model's own preprocessing (`to_lr_face`: PIL bicubic to 16 x 16, alpha on black).
+3. header only (`Image.open` reads no pixel data): the format must be one of the input policy's
+   `ACCEPTED_FORMATS` (415, or 400 when it is no image at all) and width x height within the pixel limit
+   (413), so a tiny file announcing 100000 x 100000 pixels is refused before a single pixel is decoded;
+4. full decode of the first frame (truncated or corrupt data -> 400), then the input policy
+   (`facesr.model.input_policy`: EXIF orientation, centre crop or padding to a square, PIL bicubic to
+   16 x 16, alpha on black); a face below its minimum side is refused (422).
 
 Pixel conventions: results are 128 x 128 x 3 uint8 RGB arrays, row-major HWC.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import io
 import logging
 import threading
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, Literal
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
-from facesr.model.preprocess import to_lr_face
+from facesr.model.input_policy import (
+    ACCEPTED_FORMATS,
+    ACCEPTED_FORMATS_TEXT,
+    DEFAULT_FIT,
+    Fit,
+    InputTooSmallError,
+    InputTransform,
+    prepare_face,
+    upright,
+)
 from facesr.service.errors import (
+    FaceTooSmallError,
     ImageTooLargeError,
     PayloadTooLargeError,
     UndecodableImageError,
@@ -36,8 +50,6 @@ log = logging.getLogger(__name__)
 
 OutputFormat = Literal["png", "jpeg", "webp"]
 
-# PIL format names we decode; everything else is refused before any decoding happens.
-ACCEPTED_FORMATS: Final = ("PNG", "JPEG", "WEBP", "BMP")
 # Part types a client may declare for an image; curl and browsers send octet-stream for unknown files.
 _GENERIC_PART_TYPES: Final = frozenset({"", "application/octet-stream", "binary/octet-stream"})
 OUTPUT_MEDIA_TYPES: Final[dict[str, str]] = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
@@ -56,13 +68,18 @@ class ImageHeader:
 class DecodedUpload:
     """A validated upload turned into the model input.
 
-    `lr_rgb` is the 16 x 16 x 3 uint8 RGB face; `resized_from` the original (width, height) when the
-    upload was not already 16 x 16 (after EXIF orientation), else None.
+    `lr_rgb` is the 16 x 16 x 3 uint8 RGB face; `transform` what the input policy did to the upload.
     """
 
     header: ImageHeader
     lr_rgb: np.ndarray
-    resized_from: tuple[int, int] | None
+    transform: InputTransform
+
+    @property
+    def resized_from(self) -> tuple[int, int] | None:
+        """The upright upload's (width, height) when it was not already the model's input, else None."""
+        changed = self.transform.fit is not None or self.transform.resized
+        return (self.transform.width, self.transform.height) if changed else None
 
 
 def check_part_type(content_type: str | None) -> None:
@@ -71,7 +88,7 @@ def check_part_type(content_type: str | None) -> None:
     if declared in _GENERIC_PART_TYPES or declared.startswith("image/"):
         return
     raise UnsupportedMediaTypeError(
-        f"the image part is declared as {declared!r}; send image/png, image/jpeg, image/webp or image/bmp"
+        f"the image part is declared as {declared!r}; send a {ACCEPTED_FORMATS_TEXT} image"
     )
 
 
@@ -95,7 +112,7 @@ def read_header(data: bytes, max_pixels: int) -> ImageHeader:
     """Identify the format and dimensions from the header, without decoding pixels.
 
     Raises:
-        UnsupportedMediaTypeError: an image, but not PNG/JPEG/WebP/BMP.
+        UnsupportedMediaTypeError: an image, but not one of `ACCEPTED_FORMATS`.
         UndecodableImageError: not recognisable as an image.
         ImageTooLargeError: width x height above `max_pixels` (or above PIL's own bomb limit).
     """
@@ -132,8 +149,8 @@ def _unidentified(data: bytes) -> UnsupportedMediaTypeError | UndecodableImageEr
     except Exception:
         found = None
     if found:
-        return UnsupportedMediaTypeError(f"{found} images are not accepted; send PNG, JPEG, WebP or BMP")
-    return UndecodableImageError("the upload is not a PNG, JPEG, WebP or BMP image")
+        return UnsupportedMediaTypeError(f"{found} images are not accepted; send {ACCEPTED_FORMATS_TEXT}")
+    return UndecodableImageError(f"the upload is not a {ACCEPTED_FORMATS_TEXT} image")
 
 
 def _log_decoder_error(stage: str, error: BaseException) -> None:
@@ -167,14 +184,22 @@ class PixelBudget:
 
 
 def decode_upload(
-    data: bytes, *, max_bytes: int, max_pixels: int, budget: PixelBudget | None = None
+    data: bytes,
+    *,
+    max_bytes: int,
+    max_pixels: int,
+    budget: PixelBudget | None = None,
+    fit: Fit = DEFAULT_FIT,
 ) -> DecodedUpload:
     """Validate and decode one uploaded file into the 16 x 16 model input (CPU-bound: run in a thread).
 
-    Animated files use their first frame. EXIF orientation is applied, so a phone photo's face is
-    upright; alpha is composited on black by `to_lr_face`. The header is checked (size, pixel limit,
+    Animated files use their first frame. The input policy is applied (`prepare_face`: EXIF orientation,
+    ``fit`` to a square, bicubic to 16 x 16, alpha on black). The header is checked (size, pixel limit,
     the request's ``budget``) before any pixel is decoded, and a large JPEG is decoded at a reduced
-    scale (see `JPEG_DRAFT_MIN_SIDE`).
+    scale (see `JPEG_DRAFT_MIN_SIDE`); the transform's coordinates are those of the full-size image.
+
+    Raises:
+        FaceTooSmallError (422) besides the header and decoding errors above.
     """
     check_size(data, max_bytes)
     header = read_header(data, max_pixels)
@@ -182,16 +207,18 @@ def decode_upload(
         budget.take(header)
     try:
         with _open_header(data, ACCEPTED_FORMATS) as image:
-            _draft_large_jpeg(image)
+            scale = _draft_large_jpeg(image)
             image.load()
-            upright = ImageOps.exif_transpose(image)
-            lr_rgb, resized_from = to_lr_face(upright)
+            turned, oriented = upright(image)
+            prepared = prepare_face(turned, fit=fit, oriented=oriented)
+    except InputTooSmallError as error:
+        raise FaceTooSmallError(str(error)) from None
     except (ImageTooLargeError, UndecodableImageError):
         raise
     except Exception as error:
         _log_decoder_error("data", error)
         raise UndecodableImageError("the image data is truncated or corrupt") from error
-    return DecodedUpload(header=header, lr_rgb=lr_rgb, resized_from=resized_from)
+    return DecodedUpload(header=header, lr_rgb=prepared.lr_rgb, transform=scale(prepared.transform))
 
 
 #: A JPEG whose shorter side is at least twice this is decoded at a reduced scale (1/2, 1/4 or 1/8, done
@@ -200,14 +227,40 @@ def decode_upload(
 JPEG_DRAFT_MIN_SIDE: Final = 256
 
 
-def _draft_large_jpeg(image: Image.Image) -> None:
-    """Ask the JPEG decoder for a reduced scale when the image is far larger than the model needs."""
+def _draft_large_jpeg(image: Image.Image) -> Callable[[InputTransform], InputTransform]:
+    """Ask the JPEG decoder for a reduced scale when the image is far larger than the model needs.
+
+    Returns what turns a transform measured on the decoded image back into full-size coordinates.
+    """
     width, height = image.size
     shorter = min(width, height)
     if image.format != "JPEG" or shorter < 2 * JPEG_DRAFT_MIN_SIDE:
-        return
+        return _unchanged
     scale = JPEG_DRAFT_MIN_SIDE / shorter
     image.draft("RGB", (max(1, round(width * scale)), max(1, round(height * scale))))
+    factor = width / image.size[0]
+    if factor == 1:
+        return _unchanged
+    return functools.partial(_scaled_transform, factor=factor)
+
+
+def _unchanged(transform: InputTransform) -> InputTransform:
+    return transform
+
+
+def _scaled_transform(transform: InputTransform, *, factor: float) -> InputTransform:
+    """A transform measured on a JPEG decoded at 1/factor scale, in the full-size image's pixels.
+
+    The warnings stay as measured: a face that was decoded at a reduced scale was larger still.
+    """
+    return dataclasses.replace(
+        transform,
+        width=round(transform.width * factor),
+        height=round(transform.height * factor),
+        x=round(transform.x * factor),
+        y=round(transform.y * factor),
+        side=round(transform.side * factor),
+    )
 
 
 def encode_image(rgb: np.ndarray, output_format: OutputFormat, *, quality: int = 95) -> bytes:

@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 from fastapi import Depends, Header, Query, Request
 from pydantic import BeforeValidator, Field
 
+from facesr.model.input_policy import DEFAULT_FIT, Fit
 from facesr.service.api.state import ServiceState
 from facesr.service.errors import InvalidOptionsError
 from facesr.service.images import OutputFormat
@@ -84,9 +85,11 @@ class InferenceOptions:
     landmarks: bool | None
     steps: bool
     model: str | None
+    fit: Fit
+    compare: bool
 
 
-OPTION_NAMES = frozenset({"format", "quality", "landmarks", "steps", "model"})
+OPTION_NAMES = frozenset({"format", "quality", "landmarks", "steps", "model", "fit", "compare"})
 
 
 async def get_inference_options(
@@ -101,6 +104,17 @@ async def get_inference_options(
         Query(description="Include the 68 landmarks (JSON only; default true for JSON responses)."),
     ] = None,
     steps: Annotated[bool, Query(description="Include every feedback step's image (JSON only).")] = False,
+    fit: Annotated[
+        Fit,
+        Query(
+            description="How a non-square upload becomes square: `crop` (the centred square) or `pad` "
+            "(edge pixels repeated); the aspect ratio is never distorted."
+        ),
+    ] = DEFAULT_FIT,
+    compare: Annotated[
+        bool,
+        Query(description="Also return the 16x16 model input and its bicubic enlargement (JSON only)."),
+    ] = False,
     model: Annotated[
         str | None,
         Query(
@@ -117,7 +131,15 @@ async def get_inference_options(
         raise InvalidOptionsError(
             f"unknown option(s) {', '.join(unknown)}; valid options: {', '.join(sorted(OPTION_NAMES))}"
         )
-    return InferenceOptions(format=format, quality=quality, landmarks=landmarks, steps=steps, model=model)
+    return InferenceOptions(
+        format=format,
+        quality=quality,
+        landmarks=landmarks,
+        steps=steps,
+        model=model,
+        fit=fit,
+        compare=compare,
+    )
 
 
 Options = Annotated[InferenceOptions, Depends(get_inference_options)]

@@ -19,6 +19,8 @@ from typing import Any
 from fastapi import Request, UploadFile
 from starlette.concurrency import run_in_threadpool
 
+from facesr.model.input_policy import DEFAULT_FIT, Fit
+from facesr.model.preprocess import bicubic_baseline
 from facesr.service.api.deps import Deadline
 from facesr.service.api.state import SMALL_UPLOAD_PIXELS, ServiceState
 from facesr.service.api.timing import PhaseTimings
@@ -50,26 +52,46 @@ class EncodedFace:
     landmarks: list[list[float]] | None
     upload: DecodedUpload
     result: JobResult
+    lr_image: bytes | None = None  # with `compare`: the 16 x 16 model input, PNG
+    bicubic_image: bytes | None = None  # with `compare`: its bicubic enlargement, in `media_type`
 
     @property
     def image_base64(self) -> str:
-        return base64.b64encode(self.image).decode("ascii")
+        return _base64(self.image)
+
+    @property
+    def lr_base64(self) -> str | None:
+        return None if self.lr_image is None else _base64(self.lr_image)
+
+    @property
+    def bicubic_base64(self) -> str | None:
+        return None if self.bicubic_image is None else _base64(self.bicubic_image)
 
     @property
     def steps_base64(self) -> list[str] | None:
-        return None if self.steps is None else [base64.b64encode(step).decode("ascii") for step in self.steps]
+        return None if self.steps is None else [_base64(step) for step in self.steps]
+
+
+def _base64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
 
 
 async def read_upload(
-    upload: UploadFile, service: ServiceState, timings: PhaseTimings, budget: PixelBudget
+    upload: UploadFile,
+    service: ServiceState,
+    timings: PhaseTimings,
+    budget: PixelBudget,
+    *,
+    fit: Fit = DEFAULT_FIT,
 ) -> DecodedUpload:
-    """Validate one file part and turn it into the 16 x 16 model input.
+    """Validate one file part and turn it into the 16 x 16 model input (the input policy, with ``fit``).
 
     Decoding runs in a thread. A large image (above `SMALL_UPLOAD_PIXELS`, from its header) waits for
     one of `service.decode_slots`: a large photo decodes to tens of megabytes and CPU-seconds, and an
     unbounded number of them at once would starve everything else. Small ones decode at once.
 
-    Raises UnsupportedMediaTypeError, UndecodableImageError, PayloadTooLargeError or ImageTooLargeError.
+    Raises UnsupportedMediaTypeError, UndecodableImageError, PayloadTooLargeError, ImageTooLargeError or
+    FaceTooSmallError.
     """
     settings = service.settings
     check_part_type(upload.content_type)
@@ -86,6 +108,7 @@ async def read_upload(
         max_bytes=settings.max_upload_bytes,
         max_pixels=settings.max_pixels,
         budget=budget,
+        fit=fit,
     )
     if header.width * header.height <= SMALL_UPLOAD_PIXELS:
         with timings.measure("decode"):
@@ -174,7 +197,7 @@ def _outcome_of(future: asyncio.Future[JobResult]) -> JobResult | Exception:
 
 
 def _encode_face(
-    result: JobResult, upload: DecodedUpload, output_format: OutputFormat, quality: int
+    result: JobResult, upload: DecodedUpload, output_format: OutputFormat, quality: int, compare: bool
 ) -> EncodedFace:
     if result.sr_rgb is None:
         raise InferenceFailedError("the worker answered without an image")
@@ -182,6 +205,11 @@ def _encode_face(
     steps = None
     if result.step_rgb is not None:
         steps = [encode_image(step, output_format, quality=quality) for step in result.step_rgb]
+    lr_image = bicubic_image = None
+    if compare:
+        lr_image = encode_image(upload.lr_rgb, "png")
+        baseline = bicubic_baseline(upload.lr_rgb, size=result.sr_rgb.shape[0])
+        bicubic_image = encode_image(baseline, output_format, quality=quality)
     return EncodedFace(
         image=image,
         media_type=OUTPUT_MEDIA_TYPES[output_format],
@@ -189,6 +217,8 @@ def _encode_face(
         landmarks=result.landmarks,
         upload=upload,
         result=result,
+        lr_image=lr_image,
+        bicubic_image=bicubic_image,
     )
 
 
@@ -198,7 +228,10 @@ async def encode_face(
     output_format: OutputFormat,
     quality: int,
     timings: PhaseTimings,
+    *,
+    compare: bool = False,
 ) -> EncodedFace:
-    """Encode a successful result (in a thread: WebP and multi-step PNGs take milliseconds)."""
+    """Encode a successful result (in a thread: WebP and multi-step PNGs take milliseconds); with
+    ``compare`` also the model input (PNG) and its bicubic enlargement to the result's size."""
     with timings.measure("encode"):
-        return await run_in_threadpool(_encode_face, result, upload, output_format, quality)
+        return await run_in_threadpool(_encode_face, result, upload, output_format, quality, compare)

@@ -9,12 +9,36 @@ from pydantic import BaseModel, Field
 from facesr.model.landmark_quality import LandmarkStatus
 
 
+class InputWarningInfo(BaseModel):
+    """Why the result may be worse than the model can do for this upload."""
+
+    code: Literal["upscaled", "larger-than-output", "not-square"]
+    message: str
+
+
 class InputInfo(BaseModel):
-    """What the upload was, as read from its header."""
+    """What the upload was and what the input policy did to it (see docs/input-policy.md).
+
+    `x`, `y` and `side` give the square that became the 16 x 16 model input, in the upright upload's
+    pixels: inside it for a crop, reaching past its edges for a pad. A landmark (lx, ly) of the output
+    lies at (x + lx * side / 128, y + ly * side / 128) in the upload.
+    """
 
     format: str = Field(description="PNG, JPEG, WEBP or BMP.")
-    width: int
-    height: int
+    width: int = Field(description="Width as stored in the file (before EXIF orientation).")
+    height: int = Field(description="Height as stored in the file (before EXIF orientation).")
+    oriented: bool = Field(description="True when an EXIF orientation turned or flipped the image first.")
+    fit: Literal["crop", "pad"] | None = Field(
+        description="How a non-square upload was made square; null when it was square already."
+    )
+    x: int = Field(description="Left edge of the square used, upright upload pixels (negative: padded).")
+    y: int = Field(description="Top edge of the square used, upright upload pixels (negative: padded).")
+    side: int = Field(description="Side of the square used, upright upload pixels.")
+    resized: bool = Field(description="True when the square was resized (PIL bicubic) to `resized_to`.")
+    resized_to: int = Field(description="Side of the model input (16).")
+    warnings: list[InputWarningInfo] = Field(
+        description="Each reason the result is worse than the model can do; also in `X-Input-Warnings`."
+    )
 
 
 class LandmarkPoint(BaseModel):
@@ -58,9 +82,18 @@ class SuperResolved(BaseModel):
         "null when not asked.",
     )
     resized_from: tuple[int, int] | None = Field(
-        None, description="(width, height) of the upload when it was resized to 16 x 16 with PIL bicubic."
+        None,
+        description="(width, height) of the upright upload when it was not already 16 x 16 (see `input`).",
     )
     input: InputInfo
+    lr_image: str | None = Field(
+        None, description="With `compare`: the 16 x 16 model input, base64 PNG; else null."
+    )
+    bicubic_image: str | None = Field(
+        None,
+        description="With `compare`: the model input enlarged to 128 x 128 with PIL bicubic (the "
+        "baseline), base64 in `media_type`; else null.",
+    )
     batch_size: int | None = Field(None, description="Size of the model batch this face was computed in.")
     timings_ms: dict[str, float] = Field(description="Phases: decode, queue, compute, encode (milliseconds).")
 

@@ -30,14 +30,12 @@ from facesr.model.checkpoint import ModelCard, save_checkpoint
 from facesr.model.config import LR_SIZE, DICConfig
 from facesr.model.generator import DICGenerator, count_parameters
 from facesr.model.inference import FaceSR
-from facesr.model.preprocess import to_lr_face
+from facesr.model.input_policy import ACCEPTED_SUFFIXES, prepare_face
 from facesr.model.runtime import GraphMode, bucket_sizes
 from facesr.service.bench import counters, load, raw, stack
 from facesr.service.worker.layout import usable_cores
 
 log = logging.getLogger(__name__)
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 
 @dataclass
@@ -84,10 +82,10 @@ def load_faces(folder: Path | None, count: int) -> np.ndarray:
             rgb = np.stack([np.sin(xs * k[0]), np.cos(ys * k[1]), np.sin((xs + ys) * k[2])], axis=-1)
             faces.append(((rgb + 1) * 127.5).astype(np.uint8))
         return np.stack(faces)
-    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)[:count]
+    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in ACCEPTED_SUFFIXES)[:count]
     if not paths:
-        raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
-    return np.stack([to_lr_face(Image.open(path).convert("RGB"), size=LR_SIZE)[0] for path in paths])
+        raise ValueError(f"no images ({', '.join(sorted(ACCEPTED_SUFFIXES))}) in {folder}")
+    return np.stack([prepare_face(Image.open(path), size=LR_SIZE).lr_rgb for path in paths])
 
 
 def random_checkpoint(preset: str, folder: Path) -> Path:

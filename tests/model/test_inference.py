@@ -11,7 +11,7 @@ from facesr.model.config import DICConfig
 from facesr.model.device import resolve_device, resolve_dtype
 from facesr.model.errors import CheckpointError, InputImageError
 from facesr.model.inference import FaceSR
-from facesr.model.preprocess import to_lr_face
+from facesr.model.input_policy import InputTooSmallError, prepare_face
 
 
 @pytest.fixture(scope="module")
@@ -44,12 +44,21 @@ def test_batched_equals_single(engine: FaceSR) -> None:
         assert np.abs(alone.image.astype(int) - batched.image).max() <= 1
 
 
-def test_any_size_is_resized_with_pil_bicubic(engine: FaceSR) -> None:
-    face = _face((64, 80))
+def test_any_size_is_made_square_then_resized_with_pil_bicubic(engine: FaceSR) -> None:
+    face = _face((64, 80))  # 64 wide, 80 high: the centred 64 x 64 square starts 8 rows down
     result = engine.enhance([face])[0]
     assert result.resized_from == (64, 80)
-    expected = np.asarray(Image.fromarray(face).resize((16, 16), Image.Resampling.BICUBIC))
+    assert result.transform is not None and (result.transform.fit, result.transform.y) == ("crop", 8)
+    square = Image.fromarray(face[8:72])
+    expected = np.asarray(square.resize((16, 16), Image.Resampling.BICUBIC))
     np.testing.assert_array_equal(engine.enhance([expected])[0].image, result.image)
+    padded = engine.enhance([face], fit="pad")[0]
+    assert padded.transform is not None and (padded.transform.x, padded.transform.side) == (-8, 80)
+
+
+def test_too_small_an_input_is_refused(engine: FaceSR) -> None:
+    with pytest.raises(InputTooSmallError, match="at least 8x8"):
+        engine.enhance([_face((7, 40))])
 
 
 @pytest.mark.parametrize(
@@ -72,7 +81,7 @@ def test_gray_alpha_and_palette_inputs(engine: FaceSR, image: object) -> None:
 )
 def test_bad_arrays_are_refused(image: np.ndarray) -> None:
     with pytest.raises(InputImageError):
-        to_lr_face(image)
+        prepare_face(image)
 
 
 def test_enhance_tensor_checks_its_batch(engine: FaceSR) -> None:

@@ -1,4 +1,4 @@
-"""The one LR-making function, the one bicubic baseline, and `to_lr_face` built on them."""
+"""The one LR-making function and the one bicubic baseline."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from PIL import Image
 
 from facesr.model.config import HR_SIZE, LR_SIZE
 from facesr.model.errors import InputImageError
-from facesr.model.preprocess import as_rgb_image, bicubic_baseline, make_lr, to_lr_face
+from facesr.model.preprocess import bicubic_baseline, make_lr
 
 
 def _faces(count: int, size: int, seed: int = 0) -> np.ndarray:
@@ -51,36 +51,6 @@ def test_bicubic_baseline_is_pil_bicubic_back_to_the_hr_size() -> None:
 
 
 @pytest.mark.parametrize(
-    "image",
-    [
-        _faces(1, HR_SIZE)[0],
-        _faces(1, 40, seed=2)[0],
-        np.random.default_rng(3).integers(0, 256, size=(70, 50, 3), dtype=np.uint8),
-        np.random.default_rng(4).integers(0, 256, size=(64, 64, 4), dtype=np.uint8),
-        Image.new("P", (32, 32)),
-        Image.new("L", (20, 20), 128),
-    ],
-    ids=["hr", "square", "portrait", "rgba", "palette", "gray"],
-)
-def test_to_lr_face_is_make_lr_of_the_rgb_image(image: np.ndarray | Image.Image) -> None:
-    lr, resized_from = to_lr_face(image)
-    rgb = as_rgb_image(image)
-    assert resized_from == rgb.size
-    np.testing.assert_array_equal(lr, make_lr(rgb))
-
-
-def test_to_lr_face_keeps_an_input_of_the_model_size() -> None:
-    face = _faces(1, LR_SIZE)[0]
-    original = face.copy()
-    lr, resized_from = to_lr_face(face)
-    assert resized_from is None
-    np.testing.assert_array_equal(lr, face)
-    lr[...] = 0  # a copy, not a view of the caller's array
-    np.testing.assert_array_equal(face, original)
-    assert to_lr_face(face, size=8)[1] == (LR_SIZE, LR_SIZE)
-
-
-@pytest.mark.parametrize(
     "bad",
     [np.zeros((16, 16, 3), np.float32), np.zeros((16, 16), np.uint8), np.zeros((2, 16, 16, 4), np.uint8)],
 )
@@ -92,6 +62,6 @@ def test_bad_faces_are_refused(bad: np.ndarray) -> None:
 
 
 def test_preprocessing_needs_no_torch() -> None:
-    """The API process runs `to_lr_face` without torch installed."""
-    code = "import sys, facesr.model.preprocess; sys.exit('torch' in sys.modules)"
+    """The API process runs the input policy without torch installed."""
+    code = "import sys, facesr.model.input_policy; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

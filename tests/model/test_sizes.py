@@ -8,8 +8,9 @@ from pathlib import Path
 
 from facesr.model import config as config_module
 from facesr.model.config import HEATMAP_STRIDE, HR_SIZE, LR_SIZE, NUM_KEYPOINTS, SCALE, DICConfig
+from facesr.model.input_policy import prepare_face
 from facesr.model.landmarks import HEATMAP_SIZE, flip_landmarks, render_heatmaps
-from facesr.model.preprocess import bicubic_baseline, make_lr, to_lr_face
+from facesr.model.preprocess import bicubic_baseline, make_lr
 
 MODEL_DIR = Path(config_module.__file__).resolve().parent
 #: A definition of one of the sizes (`LR_SIZE = 16`, `NUM_LANDMARKS: Final = 68`, ...) or a literal shape.
@@ -31,7 +32,8 @@ def test_the_config_reads_the_module_constants() -> None:
 def test_functions_without_a_config_default_to_the_constants() -> None:
     defaults = {
         (make_lr, "size"): LR_SIZE,
-        (to_lr_face, "size"): LR_SIZE,
+        (prepare_face, "size"): LR_SIZE,
+        (prepare_face, "output_size"): HR_SIZE,
         (bicubic_baseline, "size"): HR_SIZE,
         (flip_landmarks, "width"): HR_SIZE,
         (render_heatmaps, "size"): HEATMAP_SIZE,

@@ -17,6 +17,7 @@ from typing import Annotated
 from fastapi import APIRouter, File, Request, Response, UploadFile
 from fastapi.responses import JSONResponse
 
+from facesr.model.input_policy import ACCEPTED_FORMATS_TEXT, Fit
 from facesr.model.landmark_quality import STATUS_SUMMARIES, LandmarkStatus
 from facesr.service.api.deps import Options, RequestDeadline, Service
 from facesr.service.api.middleware import count_problem
@@ -31,6 +32,8 @@ from facesr.service.api.pipeline import (
 from facesr.service.api.schemas import (
     BatchItem,
     BatchResponse,
+    InputInfo,
+    InputWarningInfo,
     ItemProblem,
     LandmarkPoint,
     LandmarkQualityInfo,
@@ -70,6 +73,10 @@ def job_options(options: Options, representation: Representation) -> JobOptions:
         if options.landmarks:
             raise NotAcceptableError(
                 "landmarks need `Accept: application/json` (an image response carries no landmarks)"
+            )
+        if options.compare:
+            raise NotAcceptableError(
+                "comparison images need `Accept: application/json` (an image response holds one image)"
             )
         return JobOptions(return_steps=False, landmarks=False)
     landmarks = True if options.landmarks is None else options.landmarks
@@ -136,13 +143,28 @@ def _json_body(face: EncodedFace, request_id: str, model: str, timings: PhaseTim
         landmark_quality=_landmark_quality(face.result.landmark_status),
         steps=face.steps_base64,
         resized_from=face.upload.resized_from,
-        input={
-            "format": face.upload.header.format,
-            "width": face.upload.header.width,
-            "height": face.upload.header.height,
-        },
+        input=_input_info(face.upload),
+        lr_image=face.lr_base64,
+        bicubic_image=face.bicubic_base64,
         batch_size=int(batch_size) if batch_size is not None else None,
         timings_ms=timings.milliseconds(),
+    )
+
+
+def _input_info(upload: DecodedUpload) -> InputInfo:
+    transform = upload.transform
+    return InputInfo(
+        format=upload.header.format,
+        width=upload.header.width,
+        height=upload.header.height,
+        oriented=transform.oriented,
+        fit=transform.fit,
+        x=transform.x,
+        y=transform.y,
+        side=transform.side,
+        resized=transform.resized,
+        resized_to=transform.resized_to,
+        warnings=[InputWarningInfo(code=w.code, message=w.message) for w in transform.warnings],
     )
 
 
@@ -150,6 +172,10 @@ def _result_headers(face: EncodedFace, timings: PhaseTimings) -> dict[str, str]:
     headers = {"Server-Timing": timings.server_timing(), "Vary": "Accept"}
     if face.result.model_id:
         headers["X-Model-Id"] = face.result.model_id
+    transform = face.upload.transform
+    headers["X-Input-Transform"] = transform.describe()
+    if transform.warnings:
+        headers["X-Input-Warnings"] = ", ".join(warning.code for warning in transform.warnings)
     if face.upload.resized_from is not None:
         width, height = face.upload.resized_from
         headers["X-Resized-From"] = f"{width}x{height}"
@@ -165,6 +191,13 @@ def _result_headers(face: EncodedFace, timings: PhaseTimings) -> dict[str, str]:
             "description": "The image (Accept: image/*, the default) or JSON (Accept: application/json).",
             "content": {media: {} for media in OUTPUT_MEDIA_TYPES.values()},
             "headers": {
+                "X-Input-Transform": {
+                    "description": "What the input policy did, e.g. 'crop 0,500 2000x2000; resize 2000->16 "
+                    "bicubic', or 'none'."
+                },
+                "X-Input-Warnings": {
+                    "description": "Comma-separated warning codes (upscaled, larger-than-output, not-square)."
+                },
                 "X-Resized-From": {"description": "WIDTHxHEIGHT of an upload that was not 16x16."},
                 "X-Model-Id": {"description": "Model name and weights hash."},
                 "Server-Timing": {"description": "decode, queue, compute, encode and total (ms)."},
@@ -179,7 +212,8 @@ async def super_resolve(
     options: Options,
     deadline: RequestDeadline,
     image: Annotated[
-        UploadFile, File(description="The face: PNG, JPEG, WebP or BMP, any size; exactly one part.")
+        UploadFile,
+        File(description=f"The face: {ACCEPTED_FORMATS_TEXT}, at least 8x8; exactly one part."),
     ],
 ) -> Response:
     await check_form_fields(request, field="image", single=True)
@@ -187,7 +221,8 @@ async def super_resolve(
     wanted = job_options(options, representation)
     model = await service.resolve_model(options.model)
     timings = PhaseTimings()
-    upload = await read_upload(image, service, timings, PixelBudget(service.settings.max_request_pixels))
+    budget = PixelBudget(service.settings.max_request_pixels)
+    upload = await read_upload(image, service, timings, budget, fit=options.fit)
     request_id: str = request.state.request_id
     job = make_job(request_id, model, upload, wanted, deadline)
     [outcome] = await run_jobs(service.backend, request, [job])
@@ -196,7 +231,9 @@ async def super_resolve(
     if not outcome.ok:
         raise error_for_result(outcome)
     timings.add_worker_timings(outcome.timings)
-    face = await encode_face(outcome, upload, representation.format, options.quality, timings)
+    face = await encode_face(
+        outcome, upload, representation.format, options.quality, timings, compare=options.compare
+    )
     headers = _result_headers(face, timings)
     if representation.kind == "image":
         return Response(face.image, media_type=face.media_type, headers=headers)
@@ -205,10 +242,10 @@ async def super_resolve(
 
 
 async def _read_or_problem(
-    upload: UploadFile, service: ServiceState, timings: PhaseTimings, budget: PixelBudget
+    upload: UploadFile, service: ServiceState, timings: PhaseTimings, budget: PixelBudget, fit: Fit
 ) -> DecodedUpload | ServiceError:
     try:
-        return await read_upload(upload, service, timings, budget)
+        return await read_upload(upload, service, timings, budget, fit=fit)
     except ServiceError as error:
         return error
 
@@ -259,7 +296,7 @@ async def super_resolve_batch(
     budget = PixelBudget(service.settings.max_request_pixels)  # shared by the batch's images
     decoded = await asyncio.gather(
         *(
-            _read_or_problem(upload, service, timings, budget)
+            _read_or_problem(upload, service, timings, budget, options.fit)
             for upload, timings in zip(images, item_timings, strict=True)
         )
     )
@@ -293,7 +330,9 @@ async def super_resolve_batch(
         assert isinstance(upload, DecodedUpload)
         timings = item_timings[index]
         timings.add_worker_timings(finished[index].timings)
-        face = await encode_face(finished[index], upload, representation.format, options.quality, timings)
+        face = await encode_face(
+            finished[index], upload, representation.format, options.quality, timings, compare=options.compare
+        )
         result = _json_body(face, f"{request_id}.{index}", model, timings)
         items.append(BatchItem(index=index, filename=upload_file.filename, ok=True, result=result))
     succeeded = sum(item.ok for item in items)

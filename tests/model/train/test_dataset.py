@@ -10,9 +10,10 @@ import torch
 from PIL import Image
 
 from facesr.model.config import DICConfig
+from facesr.model.input_policy import prepare_face
 from facesr.model.landmarks import decode_heatmaps
 from facesr.model.normalization import tensor_to_images
-from facesr.model.preprocess import make_lr, to_lr_face
+from facesr.model.preprocess import make_lr
 from facesr.train.config import AugmentSection
 from facesr.train.dataset import AugmentedFaces, PlainFaces
 from facesr.train.evaluate import PAPER_DEGRADATION
@@ -60,14 +61,15 @@ def test_augmented_heatmaps_match_the_augmented_landmarks(folder: FaceFolder) ->
 
 
 def test_training_lr_is_the_serving_lr_bit_for_bit(folder: FaceFolder) -> None:
-    """One HR face: the training sample's LR, the evaluation LR and the service's `to_lr_face` agree."""
+    """One HR face: the training sample's LR, the evaluation LR and the input policy (API and CLI) agree."""
     config = DICConfig.tiny()
     for index in range(len(folder)):
         hr = folder.read_image(index)
         training = tensor_to_images(PlainFaces(folder, [index])[0]["lr"][None])[0]
-        serving, resized_from = to_lr_face(hr, size=config.lr_size)
+        prepared = prepare_face(hr, size=config.lr_size)
+        serving = prepared.lr_rgb
         evaluation = PAPER_DEGRADATION.apply(hr[None], config.lr_size)[0]
-        assert resized_from == (config.hr_size, config.hr_size)
+        assert (prepared.transform.fit, prepared.transform.side) == (None, config.hr_size)
         assert training.shape == serving.shape == (config.lr_size, config.lr_size, 3)
         np.testing.assert_array_equal(training, serving)
         np.testing.assert_array_equal(evaluation, serving)
@@ -80,7 +82,7 @@ def test_augmented_samples_are_made_by_the_same_degradation(folder: FaceFolder) 
     for epoch in range(3):
         sample = data[(epoch, 2)]
         hr = tensor_to_images(sample["hr"][None])[0]
-        np.testing.assert_array_equal(tensor_to_images(sample["lr"][None])[0], to_lr_face(hr)[0])
+        np.testing.assert_array_equal(tensor_to_images(sample["lr"][None])[0], prepare_face(hr).lr_rgb)
 
 
 def test_sampler_resumes_mid_epoch_with_the_same_order() -> None:

@@ -86,7 +86,19 @@ def test_json_response_carries_image_landmarks_model_and_timings(service: Runnin
     assert body["landmark_quality"]["status"] == "unevaluated"
     assert "not been evaluated" in body["landmark_quality"]["message"]
     assert body["resized_from"] is None
-    assert body["input"] == {"format": "PNG", "width": 16, "height": 16}
+    assert body["input"] == {
+        "format": "PNG",
+        "width": 16,
+        "height": 16,
+        "oriented": False,
+        "fit": None,
+        "x": 0,
+        "y": 0,
+        "side": 16,
+        "resized": False,
+        "resized_to": 16,
+        "warnings": [],
+    }
     assert body["batch_size"] >= 1
     assert {"decode", "queue", "compute", "encode"} <= set(body["timings_ms"])
     assert body["timings_ms"]["compute"] > 0
@@ -130,8 +142,10 @@ def assert_same_face(served: np.ndarray, expected: np.ndarray) -> None:
 
 def test_non_16x16_input_is_resized_and_the_response_says_so(service: RunningService):
     large = encode(face_array(64, 48), "JPEG", quality=90)
-    # What the model must see: the decoded upload shrunk to 16x16 with PIL bicubic, as in training.
-    shrunk = np.asarray(decode(large).convert("RGB").resize((16, 16), Image.Resampling.BICUBIC))
+    # What the model must see: the decoded upload's centred 48 x 48 square shrunk to 16x16 with PIL
+    # bicubic, as in training.
+    square = decode(large).convert("RGB").crop((8, 0, 56, 48))
+    shrunk = np.asarray(square.resize((16, 16), Image.Resampling.BICUBIC))
 
     image_response = post_image(service, large, name="face.jpg", mime="image/jpeg")
     json_response = post_image(service, large, name="face.jpg", mime="image/jpeg", headers=JSON)
@@ -142,9 +156,26 @@ def test_non_16x16_input_is_resized_and_the_response_says_so(service: RunningSer
     assert json_response.status_code == 200, json_response.text
     body = json_response.json()
     assert body["resized_from"] == [64, 48]
-    assert body["input"] == {"format": "JPEG", "width": 64, "height": 48}
+    assert body["input"] | {"warnings": None} == {
+        "format": "JPEG",
+        "width": 64,
+        "height": 48,
+        "oriented": False,
+        "fit": "crop",
+        "x": 8,
+        "y": 0,
+        "side": 48,
+        "resized": True,
+        "resized_to": 16,
+        "warnings": None,
+    }
+    assert [warning["code"] for warning in body["input"]["warnings"]] == ["not-square"]
+    assert image_response.headers["x-input-transform"] == "crop 8,0 48x48; resize 48->16 bicubic"
+    assert image_response.headers["x-input-warnings"] == "not-square"
     assert small_response.status_code == 200, small_response.text
     assert "x-resized-from" not in small_response.headers, "a 16x16 upload is not resized"
+    assert small_response.headers["x-input-transform"] == "none"
+    assert "x-input-warnings" not in small_response.headers
     served = np.asarray(decode(image_response.content).convert("RGB")).astype(int)
     assert_same_face(served, np.asarray(decode(small_response.content).convert("RGB")).astype(int))
 
@@ -156,7 +187,7 @@ def test_webp_and_bmp_uploads_are_accepted(service: RunningService, pil_format: 
 
     assert response.status_code == 200, response.text
     body = response.json()
-    assert body["input"] == {"format": pil_format, "width": 16, "height": 16}
+    assert (body["input"]["format"], body["input"]["width"], body["input"]["height"]) == (pil_format, 16, 16)
     assert decode(base64.b64decode(body["image"])).size == (128, 128)
 
 

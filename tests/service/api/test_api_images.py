@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image, JpegImagePlugin
 
-from facesr.model.preprocess import to_lr_face
+from facesr.model.input_policy import prepare_face
 from facesr.service.errors import (
+    FaceTooSmallError,
     ImageTooLargeError,
     PayloadTooLargeError,
     UndecodableImageError,
@@ -31,14 +32,32 @@ def test_16x16_upload_is_passed_through_unchanged():
     assert (decoded.header.format, decoded.header.width, decoded.header.height) == ("PNG", 16, 16)
 
 
-def test_larger_upload_is_resized_with_pil_bicubic():
-    face = face_array(96, 80, seed=8)
+def test_larger_upload_is_centre_cropped_then_resized_with_pil_bicubic():
+    face = face_array(96, 80, seed=8)  # 96 wide, 80 high
     decoded = decode_upload(encode(face), **LIMITS)
 
-    expected = np.asarray(Image.fromarray(face).resize((16, 16), Image.Resampling.BICUBIC))
+    square = Image.fromarray(face).crop((8, 0, 88, 80))
+    expected = np.asarray(square.resize((16, 16), Image.Resampling.BICUBIC))
     np.testing.assert_array_equal(decoded.lr_rgb, expected)
     assert decoded.resized_from == (96, 80)
+    assert (decoded.transform.fit, decoded.transform.x, decoded.transform.y) == ("crop", 8, 0)
     assert decoded.lr_rgb.dtype == np.uint8
+
+
+def test_pad_keeps_the_whole_upload_with_its_edges_repeated():
+    face = face_array(96, 80, seed=8)
+    decoded = decode_upload(encode(face), **LIMITS, fit="pad")
+
+    square = np.pad(face, ((8, 8), (0, 0), (0, 0)), mode="edge")
+    expected = np.asarray(Image.fromarray(square).resize((16, 16), Image.Resampling.BICUBIC))
+    np.testing.assert_array_equal(decoded.lr_rgb, expected)
+    assert (decoded.transform.fit, decoded.transform.y, decoded.transform.side) == ("pad", -8, 96)
+
+
+@pytest.mark.parametrize("size", [(7, 7), (1, 1), (7, 300), (300, 5)])
+def test_a_degenerate_upload_is_refused_with_422(size: tuple[int, int]):
+    with pytest.raises(FaceTooSmallError, match="at least 8x8"):
+        decode_upload(encode(face_array(*size)), **LIMITS)
 
 
 def test_exif_orientation_is_applied():
@@ -51,6 +70,9 @@ def test_exif_orientation_is_applied():
     decoded = decode_upload(buffer.getvalue(), **LIMITS)
 
     assert decoded.resized_from == (20, 40)
+    assert decoded.transform.oriented and (decoded.transform.width, decoded.transform.height) == (20, 40)
+    plain = decode_upload(encode(face_array(40, 20)), **LIMITS)
+    assert not plain.transform.oriented
 
 
 @pytest.mark.parametrize("mode", ["L", "P", "RGBA", "LA", "I;16", "CMYK", "1"])
@@ -194,9 +216,11 @@ def test_a_large_jpeg_is_decoded_at_a_reduced_scale_a_face_sized_one_exactly(mon
     small = _jpeg(400, 300)
     decoded = decode_upload(small, max_bytes=1 << 24, max_pixels=1 << 24)
     assert not drafts, "a face-sized JPEG decodes at full scale, as in training"
-    np.testing.assert_array_equal(decoded.lr_rgb, to_lr_face(Image.open(io.BytesIO(small)))[0])
+    np.testing.assert_array_equal(decoded.lr_rgb, prepare_face(Image.open(io.BytesIO(small))).lr_rgb)
     # the reduced-scale result is the same face: within a few grey levels of the full decode
-    full = to_lr_face(Image.open(io.BytesIO(_jpeg(2400, 1800))).convert("RGB"))[0]
+    full = prepare_face(Image.open(io.BytesIO(_jpeg(2400, 1800)))).lr_rgb
+    # the transform is in the full-size image's pixels although the decoder worked at a smaller scale
+    assert (large.transform.width, large.transform.x, large.transform.side) == (2400, 300, 1800)
     assert np.abs(large.lr_rgb.astype(int) - full.astype(int)).mean() < 3
 
 
