@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from PIL import Image
 from tqdm import tqdm
 
 from facesr.model.errors import FaceSRError
+from facesr.model.input_policy import ACCEPTED_FORMATS_TEXT, DEFAULT_FIT, Fit
 
 if TYPE_CHECKING:
     from facesr.model.runtime import GraphMode
@@ -27,72 +28,132 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(code=1)
 
 
+# Typer's rich help keeps line breaks, so each paragraph is one line here.
+ENHANCE_HELP = "\n\n".join(
+    (
+        f"Super-resolve face images of any size ({ACCEPTED_FORMATS_TEXT}).",
+        "-o is a folder (created when missing), or one image file ending in .png, .jpg, .jpeg or .webp "
+        "(written in that format) when the input is exactly one file.",
+        "In a folder each result is named after its input's path below the folder argument (or the "
+        "file's name) with .png; --steps adds NAME.stepI.png and --landmarks-json NAME.landmarks.json "
+        "beside it. When names would clash, every member of the clashing group keeps its source suffix "
+        "(face16.bmp.png, face16.webp.png), else goes below its source folder's name (day1/face.png, "
+        "day2/face.png), else both, with more folder names until the names differ.",
+        "Folders are read recursively: files with an image suffix are read, other files are reported, "
+        "hidden files and folders (names starting with a dot) are ignored. A file named on the command "
+        "line is always tried by its content. Each file that cannot be used is reported and the exit "
+        "status is 1; the others are still processed.",
+        "Every output is checked before the model runs: nothing that exists is replaced without "
+        "--overwrite (and even then an input file only by its own result), and a conflict writes nothing.",
+    )
+)
+
+
 def enhance(
     inputs: Annotated[list[Path], typer.Argument(help="image files and/or folders of images")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="output folder")],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="output folder, or an image file for a single input")
+    ],
     checkpoint: CheckpointOption = None,
     landmarks_json: Annotated[
         bool, typer.Option("--landmarks-json", help="write <name>.landmarks.json")
     ] = False,
     steps: Annotated[bool, typer.Option("--steps", help="also write every step's image")] = False,
+    fit: Annotated[
+        Fit, typer.Option(help="make a non-square image square by a centre crop or by edge padding")
+    ] = DEFAULT_FIT,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="replace existing output files (never another input)")
+    ] = False,
     batch_size: Annotated[int, typer.Option(min=1, max=1024)] = 16,
     device: DeviceOption = "auto",
     dtype: DtypeOption = "fp32",
 ) -> None:
-    """Super-resolve face images of any size (others than 16x16 are made into LR faces as in training)."""
-    from facesr.model.files import collect_inputs, read_rgb
-    from facesr.model.inference import FaceSR, landmark_points
+    from facesr.model.enhance_run import OutputWriteError, RunOptions, run
+    from facesr.model.files import MissingInputError, collect_inputs
+    from facesr.model.inference import FaceSR
     from facesr.model.landmark_quality import landmark_quality
+    from facesr.model.output_plan import PlanError, check_plan, plan_outputs
 
     try:
-        engine = FaceSR.from_checkpoint(checkpoint, device=device, dtype=dtype)
-    except (FaceSRError, ValueError) as error:
+        collected = collect_inputs(inputs)
+        num_steps = _checkpoint_steps(checkpoint)
+    except (FaceSRError, MissingInputError) as error:
         raise _fail(str(error)) from error
-    files = collect_inputs(inputs)
-    if not files:
+    if not collected.files:
+        for skipped in collected.skipped:
+            typer.echo(f"error: {skipped.path}: {skipped.reason}; skipped", err=True)
         raise _fail("no input images found")
+    try:
+        plan = plan_outputs(
+            collected.files,
+            output,
+            has_folder_input=collected.has_folder,
+            num_steps=num_steps if steps else 0,
+            landmarks=landmarks_json,
+        )
+        check_plan(plan, overwrite=overwrite)
+    except PlanError as error:
+        raise _fail(str(error)) from error
+    try:
+        engine = FaceSR.from_checkpoint(checkpoint, device=device, dtype=dtype)
+    except (FaceSRError, ValueError, RuntimeError) as error:  # torch.device("nonsense"): RuntimeError
+        raise _fail(str(error)) from error
     quality = landmark_quality(engine.card)
     if landmarks_json and quality.status != "passed":
-        typer.secho(quality.message(), err=True, fg=typer.colors.YELLOW)
-    output.mkdir(parents=True, exist_ok=True)
-    failures: list[str] = []
-    done = 0
-    show_progress = len(files) > 1 or any(path.is_dir() for path in inputs)
-    with tqdm(total=len(files), unit="img", disable=not show_progress) as progress:
-        for start in range(0, len(files), batch_size):
-            chunk, images = [], []
-            for item in files[start : start + batch_size]:
-                try:
-                    images.append(read_rgb(item.path))
-                    chunk.append(item)
-                except ValueError as error:
-                    failures.append(f"{item.path}: {error}")
-                    progress.update(1)
-            if not chunk:
-                continue
-            for item, result in zip(chunk, engine.enhance(images, return_steps=steps), strict=True):
-                target = output / item.relative
-                target.parent.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(result.image).save(target.with_suffix(".png"))
-                if steps and result.steps is not None:
-                    for index, image in enumerate(result.steps):
-                        Image.fromarray(image).save(target.with_name(f"{target.name}.step{index}.png"))
-                if landmarks_json:
-                    payload = {
-                        "image": target.with_suffix(".png").name,
-                        "model_id": engine.model_id,
-                        "landmarks": None if quality.withheld else landmark_points(result),
-                        "landmark_quality": quality.as_dict(),
-                        "resized_from": result.resized_from,
-                    }
-                    target.with_name(f"{target.name}.landmarks.json").write_text(json.dumps(payload))
-                done += 1
-                progress.update(1)
-    typer.echo(f"wrote {done} image(s) to {output} with {engine.model_id} on {engine.device}")
-    for failure in failures:
-        typer.secho(f"skipped {failure}", err=True, fg=typer.colors.YELLOW)
-    if failures:
+        typer.secho(f"warning: {quality.message()}", err=True, fg=typer.colors.YELLOW)
+    options = RunOptions(
+        fit=fit, steps=steps, landmarks=landmarks_json, replace=overwrite, batch_size=batch_size
+    )
+    show_progress = len(plan.items) > 1 or collected.has_folder
+    with tqdm(total=len(plan.items), unit="img", disable=not show_progress, file=sys.stderr) as progress:
+
+        def report(line: str) -> None:
+            progress.write(line, file=sys.stderr)
+
+        for skipped in collected.skipped:
+            report(f"error: {skipped.path}: {skipped.reason}; skipped")
+        try:
+            tally = run(engine, plan, options, quality, report, progress.update)
+        except OutputWriteError as error:
+            report(f"error: {error}")
+            raise typer.Exit(code=1) from error
+    failed = tally.failed + len(collected.skipped)
+    problems = f"; {failed} file(s) not processed (see above)" if failed else ""
+    typer.echo(
+        f"wrote {tally.written} image(s) to {plan.destination} with {engine.model_id} on {engine.device}"
+        f"{problems}"
+    )
+    if failed:
         raise typer.Exit(code=1)
+
+
+enhance.__doc__ = ENHANCE_HELP
+
+
+def _checkpoint_steps(checkpoint: Path | None) -> int:
+    """The number of SR steps of a checkpoint, from its header alone (no weights are loaded).
+
+    Raises:
+        CheckpointError: the file is missing, unreadable or not a facesr checkpoint.
+    """
+    from facesr.model.checkpoint import read_card
+    from facesr.model.checkpoints import DEFAULT_CHECKPOINT
+    from facesr.model.config import DICConfig
+    from facesr.model.errors import CheckpointError
+
+    path = checkpoint if checkpoint is not None else DEFAULT_CHECKPOINT
+    if not path.is_file():
+        raise CheckpointError(
+            f"checkpoint not found: {path}"
+            if checkpoint is not None
+            else f"the bundled default checkpoint is missing ({path}); pass --checkpoint"
+        )
+    card = read_card(path)
+    try:
+        return DICConfig.from_dict(card.config).num_steps
+    except (KeyError, TypeError, ValueError) as error:
+        raise CheckpointError(f"{path}: the model card has no usable configuration ({error})") from error
 
 
 def convert_official(

@@ -1,52 +1,164 @@
-"""Reading face images from files and folders for the `enhance` command."""
+"""Finding and reading the input images of `facesr enhance` (numpy-free: PIL only).
+
+Rules (the same format list as the API, `facesr.model.input_policy`):
+
+* A file named on the command line is always tried, whatever its name: its content decides.
+* A folder contributes, recursively and in sorted order, its files whose suffix is one of
+  `ACCEPTED_SUFFIXES`; its other regular files are reported as not accepted. Hidden entries (names
+  starting with ".") are ignored, and so are folders reached through symbolic links.
+* The same file reached twice (named twice, or named and inside a named folder) is read once.
+* A path on the command line that does not exist is an error before anything is read.
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from facesr.model.input_policy import ACCEPTED_FORMATS, ACCEPTED_FORMATS_TEXT, ACCEPTED_SUFFIXES, upright
 from facesr.model.preprocess import as_rgb_image
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
+#: Told with every refusal, so the user knows what would have been taken.
+ACCEPTED_HINT = f"accepted formats: {ACCEPTED_FORMATS_TEXT}; suffixes {' '.join(sorted(ACCEPTED_SUFFIXES))}"
+
+
+class MissingInputError(ValueError):
+    """Paths given on the command line that do not exist (the message names the first)."""
+
+
+class UnreadableImageError(ValueError):
+    """A file that is no image, an image in a refused format, or a damaged one (message says which)."""
 
 
 @dataclass(frozen=True)
 class InputFile:
-    """An input image and the output name (relative path without suffix) its results take."""
+    """One input image and what its output name is made from.
+
+    path: the file, as given or as found in a folder.
+    relative: its path below the folder argument it was found in, or its name for a file argument.
+    base: that folder argument, or the file's own folder for a file argument (absolute, normalised);
+        its trailing folder names tell colliding outputs apart (`facesr.model.output_plan`).
+    """
 
     path: Path
     relative: Path
+    base: Path
 
 
-def collect_inputs(inputs: Iterable[Path]) -> list[InputFile]:
-    """Explicit files are taken as given; folders contribute their image files (recursively, sorted)."""
-    collected: list[InputFile] = []
+@dataclass(frozen=True)
+class Skipped:
+    """A file that is not processed, and why (one line, no file name)."""
+
+    path: Path
+    reason: str
+
+
+@dataclass(frozen=True)
+class CollectedInputs:
+    """What the command-line arguments amount to: the files to read and the files refused by name."""
+
+    files: list[InputFile]
+    skipped: list[Skipped]
+    has_folder: bool
+
+
+def _absolute(path: Path) -> Path:
+    return Path(os.path.abspath(path))
+
+
+def _walk(folder: Path, unreadable: list[Skipped]) -> list[Path]:
+    """Regular files below `folder` (not hidden, symlinked folders not followed), sorted by path.
+
+    Folders that cannot be listed are added to `unreadable`.
+    """
+
+    def report(error: OSError) -> None:
+        where = Path(error.filename) if error.filename else folder
+        unreadable.append(Skipped(where, f"folder cannot be read: {error.strerror or error}"))
+
+    found: list[Path] = []
+    for root, dirs, names in os.walk(folder, onerror=report):
+        dirs[:] = sorted(name for name in dirs if not name.startswith("."))
+        found.extend(Path(root, name) for name in names if not name.startswith("."))
+    found = [path for path in found if path.is_file()]
+    return sorted(found, key=lambda path: path.relative_to(folder).parts)
+
+
+def collect_inputs(inputs: Iterable[Path]) -> CollectedInputs:
+    """Turn command-line paths into the files to read.
+
+    Args:
+        inputs: files and folders as the user gave them.
+
+    Returns:
+        The files in argument order (each folder's files sorted), each distinct file once, and the
+        folder files refused because of their suffix.
+
+    Raises:
+        MissingInputError: some paths do not exist (nothing has been read).
+    """
+    inputs = list(inputs)
+    missing = [path for path in inputs if not path.exists()]
+    if missing:
+        more = f" (and {len(missing) - 1} more missing)" if len(missing) > 1 else ""
+        raise MissingInputError(f"{missing[0]}: no such file or folder{more}")
+    files: list[InputFile] = []
+    skipped: list[Skipped] = []
+    seen: set[Path] = set()
+
+    def add(candidate: InputFile) -> None:
+        identity = candidate.path.resolve()
+        if identity not in seen:
+            seen.add(identity)
+            files.append(candidate)
+
     for item in inputs:
-        if item.is_dir():
-            for path in sorted(
-                p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-            ):
-                collected.append(InputFile(path, path.relative_to(item).with_suffix("")))
-        else:
-            collected.append(InputFile(item, Path(item.stem)))
-    return collected
+        if not item.is_dir():
+            add(InputFile(item, Path(item.name), _absolute(item).parent))
+            continue
+        base = _absolute(item)
+        for path in _walk(item, skipped):
+            if path.suffix.lower() in ACCEPTED_SUFFIXES:
+                add(InputFile(path, path.relative_to(item), base))
+            else:
+                kind = f"'{path.suffix}' files are" if path.suffix else "files without a suffix are"
+                skipped.append(Skipped(path, f"{kind} not read from folders ({ACCEPTED_HINT})"))
+    return CollectedInputs(files, skipped, has_folder=any(item.is_dir() for item in inputs))
 
 
-def read_rgb(path: Path) -> np.ndarray:
-    """Decode an image file to H x W x 3 uint8 RGB. Raises ValueError with a readable reason."""
+def read_image(path: Path) -> tuple[Image.Image, bool]:
+    """Decode the first frame of an image file, upright (EXIF orientation applied), as RGB.
+
+    Args:
+        path: any file; its content, not its name, decides.
+
+    Returns:
+        The PIL RGB image (alpha composited on black) and whether the EXIF orientation turned it.
+
+    Raises:
+        UnreadableImageError: not a file, not an image, a refused format (GIF, TIFF, ...), a damaged
+            or enormous image, or a read error; the message says which, with the accepted formats.
+    """
+    if not path.is_file():
+        raise UnreadableImageError(f"not a regular file ({ACCEPTED_HINT})")
     try:
         with Image.open(path) as image:
+            if image.format not in ACCEPTED_FORMATS:
+                raise UnreadableImageError(f"a {image.format} image is not accepted ({ACCEPTED_HINT})")
             image.load()
-            return np.asarray(as_rgb_image(image), dtype=np.uint8)
-    except FileNotFoundError as error:
-        raise ValueError("file not found") from error
+            turned, oriented = upright(image)
+            return as_rgb_image(turned).copy(), oriented
+    except UnreadableImageError:
+        raise
     except UnidentifiedImageError as error:
-        raise ValueError("not an image file PIL can decode") from error
+        raise UnreadableImageError(f"not an image file ({ACCEPTED_HINT})") from error
     except Image.DecompressionBombError as error:
-        raise ValueError(f"image too large ({error})") from error
-    except (OSError, SyntaxError) as error:
-        raise ValueError(f"unreadable image ({error})") from error
+        raise UnreadableImageError(f"image too large ({error})") from error
+    except PermissionError as error:
+        raise UnreadableImageError(f"cannot be read: {error.strerror or error}") from error
+    except (OSError, SyntaxError, ValueError) as error:
+        raise UnreadableImageError(f"damaged or truncated image ({error})") from error

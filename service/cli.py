@@ -11,6 +11,7 @@ Importing this module imports no torch: every command loads the model only when 
 from __future__ import annotations
 
 import importlib.util
+from typing import Annotated
 
 import typer
 
@@ -41,6 +42,24 @@ def training_installed() -> bool:
     return installed(TRAINING_REQUIREMENTS)
 
 
+def _print_version(value: bool) -> None:
+    """`--version`: print `facesr <version>` (the installed distribution's metadata) and stop."""
+    if value:
+        from facesr.service.version import __version__
+
+        typer.echo(f"facesr {__version__}")
+        raise typer.Exit()
+
+
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """Options of `facesr` itself (before any command)."""
+
+
 def build_app() -> typer.Typer:
     """The `facesr` app with every command available in this installation."""
     has_model, has_training = installed(MODEL_REQUIREMENTS), training_installed()
@@ -55,6 +74,7 @@ def build_app() -> typer.Typer:
         no_args_is_help=True,
         pretty_exceptions_enable=False,
     )
+    app.callback()(_options)
     if has_model:
         from facesr.service.bench import command as bench_command
 

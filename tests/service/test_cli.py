@@ -283,3 +283,12 @@ def test_without_the_model_runtime_the_help_says_how_to_get_it(
     result = runner.invoke(api_only, ["worker", "--redis-url", "redis://127.0.0.1:1/0"])
     assert result.exit_code == 2
     assert "pip install 'facesr[model]'" in result.output
+
+
+def test_version_prints_the_installed_distribution_version(runner: CliRunner) -> None:
+    from importlib.metadata import version
+
+    result = runner.invoke(app, ["--version"])
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == f"facesr {version('facesr')}"
