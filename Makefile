@@ -1,6 +1,6 @@
 # Two commands do all the setup on a fresh Linux machine:
 #   make serve   -> virtual environment + the service on its embedded default (no Redis needed)
-#   make test    -> virtual environment + redis-server check + the whole test suite
+#   make test    -> virtual environment + redis-server and chromium checks + the whole test suite
 VENV ?= .venv
 PYTHON ?= python3
 TORCH_SPEC ?= torch==2.13.0
@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: venv serve test lint check-deploy ci clean
+.PHONY: venv serve test lint check-deploy compose-smoke ci clean
 
 # `make serve` installs what serving needs (the API and the model runtime); everything else (tests, lint,
 # deployment checks) needs the development set, which adds the training package and the test tools.
@@ -32,6 +32,7 @@ serve: $(VENV)/.serve-installed
 
 test: venv
 	scripts/ensure-redis.sh
+	scripts/ensure-chromium.sh
 	@$(VENV)/bin/pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
 
@@ -43,6 +44,11 @@ lint: venv
 
 check-deploy: venv
 	scripts/check-deploy.sh
+
+# Builds the images and runs the compose stack for real on CPU (Docker engine, root; see docs/deploy.md,
+# "Compose smoke test"): installs what is missing, cleans up after itself, `--purge` drops its caches.
+compose-smoke:
+	scripts/compose-smoke.sh
 
 ci: test lint check-deploy
 

@@ -26,8 +26,8 @@ from facesr.service.worker.layout import CUDA_DEFAULT_BATCH, DEFAULT_TRIAL_S
 from facesr.service.worker.settings import WorkerSettings
 
 ENV_PREFIX = "FACESR_"
-# FACESR_* variables that belong to other parts of the project, not to the service.
-_FOREIGN_VARIABLES = frozenset({"FACESR_SHARED_DIR"})
+# FACESR_* variables that belong to other parts of the project, not to the service (the test suite's).
+_FOREIGN_VARIABLES = frozenset({"FACESR_SHARED_DIR", "FACESR_CHROMIUM", "FACESR_TEST_ARTIFACTS"})
 _DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 _MIN_API_KEY_LENGTH = 16
 
@@ -236,6 +236,13 @@ class ServiceSettings(BaseSettings):
     )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
         "info", description="Log level of the service processes."
+    )
+
+    # --- pages for people ----------------------------------------------------------------------
+    demo_page: bool = Field(
+        True,
+        description="Serve the demo page at `/` (upload a face, see the result, the bicubic baseline, "
+        "the steps and the landmarks); off: `/` is 404.",
     )
 
     # --- validators ----------------------------------------------------------------------------

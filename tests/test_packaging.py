@@ -27,9 +27,11 @@ def _import_name(folder: Path) -> str:
 
 def test_every_package_folder_is_listed_under_its_import_name() -> None:
     listed = set(PYPROJECT["tool"]["setuptools"]["packages"])
-    folders = [p.parent for top in ("model", "service") for p in (REPO_ROOT / top).rglob("__init__.py")]
+    # Every top-level folder that package-dir maps (model, service, client, ...) is searched.
+    tops = sorted({root.split("/")[0] for root in PYPROJECT["tool"]["setuptools"]["package-dir"].values()})
+    folders = [p.parent for top in tops for p in (REPO_ROOT / top).rglob("__init__.py")]
     expected = {_import_name(folder) for folder in folders}
-    assert "facesr.train" in expected and "facesr.service.worker" in expected
+    assert {"facesr.train", "facesr.service.worker", "facesr.client"} <= expected
     assert expected == listed, f"missing: {sorted(expected - listed)}, stale: {sorted(listed - expected)}"
 
 

@@ -19,7 +19,7 @@ from facesr.service import metrics
 from facesr.service.api.backends import build_backend
 from facesr.service.api.guards import API_KEY_HEADER, PROTECTED_PREFIX, HeaderGuardMiddleware
 from facesr.service.api.middleware import RequestContextMiddleware
-from facesr.service.api.routes import health, inference, models
+from facesr.service.api.routes import demo, docs, health, inference, models
 from facesr.service.api.routes import metrics as metrics_route
 from facesr.service.api.state import ServiceState
 from facesr.service.errors import install_error_handlers
@@ -35,7 +35,10 @@ MULTIPART_OVERHEAD_BYTES = 16 * 1024
 DESCRIPTION = """\
 Face super-resolution (DIC): a 16x16 face in, a 128x128 face and its 68 landmarks out.
 
-Uploads of any size are resized to 16x16 with PIL bicubic, as the model was trained; responses say so.
+Uploads of at least 8x8 pixels are made square without distortion (centre crop, or `fit=pad`) and
+resized to 16x16 with PIL bicubic, as the model was trained; every response says what was done
+(`input` in JSON, `X-Input-Transform`), and warns when the result will be worse than the model can do
+(`input.warnings`, `X-Input-Warnings`).
 Errors are `application/problem+json` (RFC 9457). Send `X-Deadline-Ms` to bound the wait.
 """
 
@@ -75,7 +78,8 @@ def create_app(settings: ServiceSettings, backend: QueueBackend | None = None) -
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
-        docs_url="/docs",
+        # /docs and /redoc are added by `docs.install_docs`, with assets served here instead of a CDN.
+        docs_url=None,
         redoc_url=None,
     )
     app.state.service = service
@@ -86,6 +90,9 @@ def create_app(settings: ServiceSettings, backend: QueueBackend | None = None) -
     app.include_router(models.router)
     app.include_router(health.router)
     app.include_router(metrics_route.router)
+    docs.install_docs(app)
+    if settings.demo_page:
+        demo.install_demo(app)
     # Starlette runs the last added middleware first: the request context wraps the guard, so even the
     # guard's refusals carry a request id, are counted, and pass through the one error handler.
     app.add_middleware(HeaderGuardMiddleware, api_keys=settings.api_keys, body_limits=limits)
