@@ -218,7 +218,12 @@ def test_while_one_runner_is_stalled_the_others_take_no_new_jobs(engine: FaceSR)
         while len(results) < 4 and time.monotonic() < deadline:
             time.sleep(0.02)
         assert len(results) == 4 and all(r.ok for r in results)
-        assert worker.is_ready()  # the stall is over
+        # The stall is over. On a loaded machine a later batch may itself run past the 0.3 s limit; its
+        # runner reports ready again right after delivering, so allow it a moment.
+        deadline = time.monotonic() + 10
+        while not worker.is_ready() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert worker.is_ready()
     finally:
         held.gate.set()
         worker.stop()
