@@ -47,10 +47,8 @@ class FaceResult:
 
     @property
     def resized_from(self) -> tuple[int, int] | None:
-        """The input's (width, height) when it was not already at the model's input size, else None."""
-        if self.transform is None or (self.transform.fit is None and not self.transform.resized):
-            return None
-        return (self.transform.width, self.transform.height)
+        """The input's (width, height) when it was not used as it was, else None."""
+        return None if self.transform is None else self.transform.resized_from
 
 
 def _weights_digest(generator: DICGenerator) -> str:

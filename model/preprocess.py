@@ -30,6 +30,8 @@ def as_rgb_image(image: Image.Image | np.ndarray) -> Image.Image:
     if isinstance(image, Image.Image):
         if image.mode == "RGB":
             return image
+        if image.mode in _WIDE_GRAY_MODES:
+            return _wide_gray_to_rgb(image)
         if image.mode in ("RGBA", "LA", "P", "PA") or "transparency" in image.info:
             # Composite transparent pixels on black, matching how RGB conversion treats them elsewhere.
             rgba = image.convert("RGBA")
@@ -48,6 +50,17 @@ def as_rgb_image(image: Image.Image | np.ndarray) -> Image.Image:
     if array.shape[2] == 4:
         return as_rgb_image(Image.fromarray(np.ascontiguousarray(array), mode="RGBA"))
     return Image.fromarray(np.ascontiguousarray(array), mode="RGB")
+
+
+#: Gray modes with more than 8 bits per pixel (16-bit PNGs open as one of them).
+_WIDE_GRAY_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N"})
+
+
+def _wide_gray_to_rgb(image: Image.Image) -> Image.Image:
+    """A 16-bit gray image -> RGB, scaled to 8 bits (PIL's own conversion clips it to white)."""
+    wide = np.asarray(image, dtype=np.float64)
+    gray = np.clip(np.rint(wide / 257.0), 0, 255).astype(np.uint8)  # 65535 -> 255
+    return Image.fromarray(gray, mode="L").convert("RGB")
 
 
 def _resize_faces(images: np.ndarray | Image.Image, size: int, resample: Image.Resampling) -> np.ndarray:

@@ -6,42 +6,48 @@ Order of checks for an upload (each failure is a `ServiceError` with its own sta
 3. header only (`Image.open` reads no pixel data): the format must be one of the input policy's
    `ACCEPTED_FORMATS` (415, or 400 when it is no image at all) and width x height within the pixel limit
    (413), so a tiny file announcing 100000 x 100000 pixels is refused before a single pixel is decoded;
-4. full decode of the first frame (truncated or corrupt data -> 400), then the input policy
-   (`facesr.model.input_policy`: EXIF orientation, centre crop or padding to a square, PIL bicubic to
-   16 x 16, alpha on black); a face below its minimum side is refused (422).
+4. the image below 8 px on its shorter side is refused (422), still from the header;
+5. full decode of the first frame and the input policy, by the same code as `facesr enhance`
+   (`facesr.model.image_file`: large JPEGs at a reduced scale, EXIF orientation, centre crop or padding
+   to a square, PIL bicubic to 16 x 16, alpha on black); truncated or corrupt data -> 400.
 
 Pixel conventions: results are 128 x 128 x 3 uint8 RGB arrays, row-major HWC.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import io
 import logging
 import threading
-import warnings
-from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Final, Literal
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
+from facesr.model.errors import InputImageError
+from facesr.model.image_file import (
+    DamagedImageError,
+    UnsupportedFormatError,
+    decode_face,
+    image_format,
+    open_image,
+)
 from facesr.model.input_policy import (
-    ACCEPTED_FORMATS,
     ACCEPTED_FORMATS_TEXT,
     DEFAULT_FIT,
     Fit,
     InputTooSmallError,
     InputTransform,
-    prepare_face,
-    upright,
+    refuse_too_small,
 )
 from facesr.service.errors import (
     FaceTooSmallError,
     ImageTooLargeError,
     PayloadTooLargeError,
+    ServiceError,
     UndecodableImageError,
     UnsupportedMediaTypeError,
 )
@@ -57,7 +63,7 @@ OUTPUT_MEDIA_TYPES: Final[dict[str, str]] = {"png": "image/png", "jpeg": "image/
 
 @dataclass(frozen=True)
 class ImageHeader:
-    """What the file says about itself before any pixel is decoded."""
+    """What the file says about itself before any pixel is decoded (width x height as stored)."""
 
     format: str
     width: int
@@ -77,9 +83,8 @@ class DecodedUpload:
 
     @property
     def resized_from(self) -> tuple[int, int] | None:
-        """The upright upload's (width, height) when it was not already the model's input, else None."""
-        changed = self.transform.fit is not None or self.transform.resized
-        return (self.transform.width, self.transform.height) if changed else None
+        """The upright upload's (width, height) when it was not used as it was, else None."""
+        return self.transform.resized_from
 
 
 def check_part_type(content_type: str | None) -> None:
@@ -100,37 +105,44 @@ def check_size(data: bytes, max_bytes: int) -> None:
         raise PayloadTooLargeError(f"the uploaded file has {len(data)} bytes; the limit is {max_bytes}")
 
 
-def _open_header(data: bytes, formats: tuple[str, ...] | None) -> Image.Image:
-    # Image.open parses the header only. Its own decompression-bomb warning is irrelevant here
-    # because the caller checks the pixel count against a stricter limit right away.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        return Image.open(io.BytesIO(data), formats=formats)
+@contextmanager
+def _as_service_errors(stage: str, max_pixels: int) -> Iterator[None]:
+    """The model package's image errors as the service's (one place decides their HTTP status)."""
+    try:
+        yield
+    except ServiceError:
+        raise
+    except UnsupportedFormatError as error:
+        raise UnsupportedMediaTypeError(str(error)) from None
+    except InputTooSmallError as error:
+        raise FaceTooSmallError(str(error)) from None
+    except Image.DecompressionBombError as error:
+        _log_decoder_error(stage, error)
+        raise ImageTooLargeError(
+            f"the image header announces far more pixels than the limit of {max_pixels}"
+        ) from error
+    except DamagedImageError as error:
+        _log_decoder_error(stage, error.__cause__ or error)
+        raise UndecodableImageError(str(error)) from error
+    except InputImageError as error:  # not an image at all
+        raise UndecodableImageError(str(error)) from None
+    except Exception as error:
+        _log_decoder_error(stage, error)
+        raise UndecodableImageError(f"the image {stage} is truncated or corrupt") from error
 
 
 def read_header(data: bytes, max_pixels: int) -> ImageHeader:
     """Identify the format and dimensions from the header, without decoding pixels.
 
     Raises:
-        UnsupportedMediaTypeError: an image, but not one of `ACCEPTED_FORMATS`.
+        UnsupportedMediaTypeError: an image, but not one of the accepted formats.
         UndecodableImageError: not recognisable as an image.
         ImageTooLargeError: width x height above `max_pixels` (or above PIL's own bomb limit).
+        FaceTooSmallError: the shorter side is below the input policy's minimum.
     """
-    try:
-        image = _open_header(data, ACCEPTED_FORMATS)
-    except Image.DecompressionBombError as error:
-        _log_decoder_error("header", error)
-        raise ImageTooLargeError(
-            f"the image header announces far more pixels than the limit of {max_pixels}"
-        ) from error
-    except UnidentifiedImageError:
-        raise _unidentified(data) from None
-    except Exception as error:
-        _log_decoder_error("header", error)
-        raise UndecodableImageError("the image header is incomplete or corrupt") from error
-    with image:
+    with _as_service_errors("header", max_pixels), open_image(data) as image:
         width, height = image.size
-        header = ImageHeader(format=str(image.format), width=width, height=height)
+        header = ImageHeader(format=image_format(image), width=width, height=height)
     if width < 1 or height < 1:
         raise UndecodableImageError(f"the image has no pixels ({width}x{height})")
     if width * height > max_pixels:
@@ -138,19 +150,9 @@ def read_header(data: bytes, max_pixels: int) -> ImageHeader:
             f"the image is {width}x{height} = {width * height} pixels; the limit is {max_pixels} "
             "(faces only need 16x16)"
         )
+    with _as_service_errors("header", max_pixels):
+        refuse_too_small(width, height)  # before decoding; turning the image changes no side length
     return header
-
-
-def _unidentified(data: bytes) -> UnsupportedMediaTypeError | UndecodableImageError:
-    """Tell 'an image in a format we refuse' (415) from 'not an image' (400), still header-only."""
-    try:
-        with _open_header(data, None) as image:
-            found = image.format
-    except Exception:
-        found = None
-    if found:
-        return UnsupportedMediaTypeError(f"{found} images are not accepted; send {ACCEPTED_FORMATS_TEXT}")
-    return UndecodableImageError(f"the upload is not a {ACCEPTED_FORMATS_TEXT} image")
 
 
 def _log_decoder_error(stage: str, error: BaseException) -> None:
@@ -193,74 +195,17 @@ def decode_upload(
 ) -> DecodedUpload:
     """Validate and decode one uploaded file into the 16 x 16 model input (CPU-bound: run in a thread).
 
-    Animated files use their first frame. The input policy is applied (`prepare_face`: EXIF orientation,
-    ``fit`` to a square, bicubic to 16 x 16, alpha on black). The header is checked (size, pixel limit,
-    the request's ``budget``) before any pixel is decoded, and a large JPEG is decoded at a reduced
-    scale (see `JPEG_DRAFT_MIN_SIDE`); the transform's coordinates are those of the full-size image.
-
-    Raises:
-        FaceTooSmallError (422) besides the header and decoding errors above.
+    The header is checked (size, pixel limit, the request's ``budget``, the policy's minimum size)
+    before any pixel is decoded; then `facesr.model.image_file.decode_face` decodes the first frame and
+    applies the input policy with ``fit``, as `facesr enhance` does.
     """
     check_size(data, max_bytes)
     header = read_header(data, max_pixels)
     if budget is not None:
         budget.take(header)
-    try:
-        with _open_header(data, ACCEPTED_FORMATS) as image:
-            scale = _draft_large_jpeg(image)
-            image.load()
-            turned, oriented = upright(image)
-            prepared = prepare_face(turned, fit=fit, oriented=oriented)
-    except InputTooSmallError as error:
-        raise FaceTooSmallError(str(error)) from None
-    except (ImageTooLargeError, UndecodableImageError):
-        raise
-    except Exception as error:
-        _log_decoder_error("data", error)
-        raise UndecodableImageError("the image data is truncated or corrupt") from error
-    return DecodedUpload(header=header, lr_rgb=prepared.lr_rgb, transform=scale(prepared.transform))
-
-
-#: A JPEG whose shorter side is at least twice this is decoded at a reduced scale (1/2, 1/4 or 1/8, done
-#: inside the JPEG decoder), keeping the shorter side at or above it. The model needs 16 px; faces up to
-#: twice this size decode exactly as in training, where LR faces are made from 128 px crops.
-JPEG_DRAFT_MIN_SIDE: Final = 256
-
-
-def _draft_large_jpeg(image: Image.Image) -> Callable[[InputTransform], InputTransform]:
-    """Ask the JPEG decoder for a reduced scale when the image is far larger than the model needs.
-
-    Returns what turns a transform measured on the decoded image back into full-size coordinates.
-    """
-    width, height = image.size
-    shorter = min(width, height)
-    if image.format != "JPEG" or shorter < 2 * JPEG_DRAFT_MIN_SIDE:
-        return _unchanged
-    scale = JPEG_DRAFT_MIN_SIDE / shorter
-    image.draft("RGB", (max(1, round(width * scale)), max(1, round(height * scale))))
-    factor = width / image.size[0]
-    if factor == 1:
-        return _unchanged
-    return functools.partial(_scaled_transform, factor=factor)
-
-
-def _unchanged(transform: InputTransform) -> InputTransform:
-    return transform
-
-
-def _scaled_transform(transform: InputTransform, *, factor: float) -> InputTransform:
-    """A transform measured on a JPEG decoded at 1/factor scale, in the full-size image's pixels.
-
-    The warnings stay as measured: a face that was decoded at a reduced scale was larger still.
-    """
-    return dataclasses.replace(
-        transform,
-        width=round(transform.width * factor),
-        height=round(transform.height * factor),
-        x=round(transform.x * factor),
-        y=round(transform.y * factor),
-        side=round(transform.side * factor),
-    )
+    with _as_service_errors("data", max_pixels):
+        face = decode_face(data, fit=fit)
+    return DecodedUpload(header=header, lr_rgb=face.lr_rgb, transform=face.transform)
 
 
 def encode_image(rgb: np.ndarray, output_format: OutputFormat, *, quality: int = 95) -> bytes:

@@ -6,13 +6,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from facesr.model.input_policy import Fit, WarningCode
 from facesr.model.landmark_quality import LandmarkStatus
 
 
 class InputWarningInfo(BaseModel):
     """Why the result may be worse than the model can do for this upload."""
 
-    code: Literal["upscaled", "larger-than-output", "not-square"]
+    code: WarningCode
     message: str
 
 
@@ -20,15 +21,16 @@ class InputInfo(BaseModel):
     """What the upload was and what the input policy did to it (see docs/input-policy.md).
 
     `x`, `y` and `side` give the square that became the 16 x 16 model input, in the upright upload's
-    pixels: inside it for a crop, reaching past its edges for a pad. A landmark (lx, ly) of the output
-    lies at (x + lx * side / 128, y + ly * side / 128) in the upload.
+    pixels: inside it for a crop, reaching past its edges for a pad. Landmarks are pixel centres: output
+    pixel (lx, ly) lies at (x + (lx + 0.5) * side / 128 - 0.5, y + (ly + 0.5) * side / 128 - 0.5) in
+    the upright upload.
     """
 
     format: str = Field(description="PNG, JPEG, WEBP or BMP.")
-    width: int = Field(description="Width as stored in the file (before EXIF orientation).")
-    height: int = Field(description="Height as stored in the file (before EXIF orientation).")
+    width: int = Field(description="Width of the upright upload (after EXIF orientation).")
+    height: int = Field(description="Height of the upright upload (after EXIF orientation).")
     oriented: bool = Field(description="True when an EXIF orientation turned or flipped the image first.")
-    fit: Literal["crop", "pad"] | None = Field(
+    fit: Fit | None = Field(
         description="How a non-square upload was made square; null when it was square already."
     )
     x: int = Field(description="Left edge of the square used, upright upload pixels (negative: padded).")

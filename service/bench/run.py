@@ -29,8 +29,9 @@ from PIL import Image
 from facesr.model.checkpoint import ModelCard, save_checkpoint
 from facesr.model.config import LR_SIZE, DICConfig
 from facesr.model.generator import DICGenerator, count_parameters
+from facesr.model.image_file import decode_face
 from facesr.model.inference import FaceSR
-from facesr.model.input_policy import ACCEPTED_SUFFIXES, prepare_face
+from facesr.model.input_policy import ACCEPTED_SUFFIXES
 from facesr.model.runtime import GraphMode, bucket_sizes
 from facesr.service.bench import counters, load, raw, stack
 from facesr.service.worker.layout import usable_cores
@@ -85,7 +86,7 @@ def load_faces(folder: Path | None, count: int) -> np.ndarray:
     paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in ACCEPTED_SUFFIXES)[:count]
     if not paths:
         raise ValueError(f"no images ({', '.join(sorted(ACCEPTED_SUFFIXES))}) in {folder}")
-    return np.stack([prepare_face(Image.open(path), size=LR_SIZE).lr_rgb for path in paths])
+    return np.stack([decode_face(path, size=LR_SIZE).lr_rgb for path in paths])
 
 
 def random_checkpoint(preset: str, folder: Path) -> Path:

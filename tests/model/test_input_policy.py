@@ -11,6 +11,7 @@ from PIL import Image
 from facesr.model.config import HR_SIZE, LR_SIZE
 from facesr.model.input_policy import (
     ACCEPTED_FORMATS,
+    ACCEPTED_FORMATS_TEXT,
     ACCEPTED_SUFFIXES,
     MIN_INPUT_SIDE,
     InputTooSmallError,
@@ -107,14 +108,26 @@ def test_an_unknown_fit_is_refused() -> None:
 
 
 @pytest.mark.parametrize("fit", ["crop", "pad"])
-def test_landmarks_map_back_onto_the_input(fit: str) -> None:
+def test_landmarks_map_back_onto_the_input_pixel_centre_to_pixel_centre(fit: str) -> None:
     transform = prepare_face(_image(300, 200), fit=fit).transform  # type: ignore[arg-type]
-    corners = np.array([[0.0, 0.0], [HR_SIZE, HR_SIZE]])
-    mapped = transform.to_input(corners)
-    side = transform.side
-    np.testing.assert_allclose(mapped, [[transform.x, transform.y], [transform.x + side, transform.y + side]])
-    centre = transform.to_input(np.array([[HR_SIZE / 2, HR_SIZE / 2]]))[0]
-    np.testing.assert_allclose(centre, [150, 100])
+    scale = transform.side / HR_SIZE  # input pixels per output pixel
+    # Output pixel 0 covers input pixels [x, x + scale): its centre is at x + scale / 2 - 0.5.
+    first = transform.to_input(np.array([[0.0, 0.0]]))[0]
+    np.testing.assert_allclose(first, [transform.x + scale / 2 - 0.5, transform.y + scale / 2 - 0.5])
+    # The output's centre (between pixels 63 and 64) is the square's centre, and so the image's.
+    centre = transform.to_input(np.array([[HR_SIZE / 2 - 0.5, HR_SIZE / 2 - 0.5]]))[0]
+    np.testing.assert_allclose(centre, [149.5, 99.5])
+    # One output pixel to the right is `scale` input pixels to the right.
+    step = transform.to_input(np.array([[1.0, 0.0]]))[0] - first
+    np.testing.assert_allclose(step, [scale, 0.0])
+
+
+def test_a_pixel_of_a_shrunk_face_lands_where_it_came_from() -> None:
+    """An 8 x 8 block of a 128 x 128 face shrunk 8 times is one LR pixel; its centre maps back onto the
+    centre of the block, whatever the output size."""
+    transform = prepare_face(_image(128, 128)).transform
+    mapped = transform.to_input(np.array([[3.0, 5.0]]), output_size=16)[0]
+    np.testing.assert_allclose(mapped, [3 * 8 + 3.5, 5 * 8 + 3.5])
 
 
 def test_exif_orientation_is_applied_and_recorded() -> None:
@@ -133,7 +146,7 @@ def test_one_format_list_for_api_and_cli() -> None:
     from facesr.model import files
     from facesr.service import images
 
-    assert images.ACCEPTED_FORMATS is ACCEPTED_FORMATS
+    assert images.ACCEPTED_FORMATS_TEXT is ACCEPTED_FORMATS_TEXT
     assert not hasattr(files, "IMAGE_SUFFIXES") or files.IMAGE_SUFFIXES == ACCEPTED_SUFFIXES
     extensions = Image.registered_extensions()
     assert {extensions[suffix] for suffix in ACCEPTED_SUFFIXES} == set(ACCEPTED_FORMATS)

@@ -47,12 +47,14 @@ const ui = {
 };
 
 let lastFile = null; // re-sent when the fit option changes
+let latestRequest = 0; // only the newest request's answer is shown (an older one may arrive later)
 let stepImages = []; // data URLs of the per-step outputs, the last one is the result
 
 // --- sending --------------------------------------------------------------------------------------
 
 async function superResolve(file) {
   lastFile = file;
+  const request = ++latestRequest;
   hideError();
   ui.status.textContent = `Sending ${file.name || "the image"}…`;
   const form = new FormData();
@@ -68,10 +70,12 @@ async function superResolve(file) {
     response = await fetch(url, { method: "POST", headers, body: form });
     body = await response.json().catch(() => null); // a proxy's HTML error page is not JSON
   } catch (err) {
+    if (request !== latestRequest) return; // a newer upload is on its way
     ui.status.textContent = "";
     showError("The service could not be reached", String(err));
     return;
   }
+  if (request !== latestRequest) return; // a newer upload is on its way
   ui.status.textContent = "";
   if (!response.ok || body === null) {
     if (response.status === 401) showKeyField();

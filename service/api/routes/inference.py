@@ -17,7 +17,7 @@ from typing import Annotated
 from fastapi import APIRouter, File, Request, Response, UploadFile
 from fastapi.responses import JSONResponse
 
-from facesr.model.input_policy import ACCEPTED_FORMATS_TEXT, Fit
+from facesr.model.input_policy import ACCEPTED_FORMATS_TEXT, MIN_INPUT_SIDE, Fit
 from facesr.model.landmark_quality import STATUS_SUMMARIES, LandmarkStatus
 from facesr.service.api.deps import Options, RequestDeadline, Service
 from facesr.service.api.middleware import count_problem
@@ -33,7 +33,6 @@ from facesr.service.api.schemas import (
     BatchItem,
     BatchResponse,
     InputInfo,
-    InputWarningInfo,
     ItemProblem,
     LandmarkPoint,
     LandmarkQualityInfo,
@@ -152,20 +151,8 @@ def _json_body(face: EncodedFace, request_id: str, model: str, timings: PhaseTim
 
 
 def _input_info(upload: DecodedUpload) -> InputInfo:
-    transform = upload.transform
-    return InputInfo(
-        format=upload.header.format,
-        width=upload.header.width,
-        height=upload.header.height,
-        oriented=transform.oriented,
-        fit=transform.fit,
-        x=transform.x,
-        y=transform.y,
-        side=transform.side,
-        resized=transform.resized,
-        resized_to=transform.resized_to,
-        warnings=[InputWarningInfo(code=w.code, message=w.message) for w in transform.warnings],
-    )
+    """The input policy's record (`InputTransform.as_dict`, shared with the CLI) plus the format."""
+    return InputInfo.model_validate({"format": upload.header.format, **upload.transform.as_dict()})
 
 
 def _result_headers(face: EncodedFace, timings: PhaseTimings) -> dict[str, str]:
@@ -213,7 +200,10 @@ async def super_resolve(
     deadline: RequestDeadline,
     image: Annotated[
         UploadFile,
-        File(description=f"The face: {ACCEPTED_FORMATS_TEXT}, at least 8x8; exactly one part."),
+        File(
+            description=f"The face: {ACCEPTED_FORMATS_TEXT}, at least {MIN_INPUT_SIDE}x{MIN_INPUT_SIDE} "
+            "pixels; exactly one part."
+        ),
     ],
 ) -> Response:
     await check_form_fields(request, field="image", single=True)

@@ -143,3 +143,17 @@ def test_gif_is_refused_as_everywhere_else(service: RunningService):
     response = _post(service, buffer.getvalue(), mime="image/gif")
     assert response.status_code == 415
     assert "PNG, JPEG, WebP or BMP" in response.json()["detail"]
+
+
+def test_an_exif_rotated_upload_is_recorded_upright(service: RunningService):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored 60 x 30, shown 30 x 60
+    buffer = io.BytesIO()
+    Image.fromarray(face_array(60, 30)).save(buffer, format="JPEG", exif=exif.tobytes())
+    response = _post(service, buffer.getvalue(), mime="image/jpeg", headers=JSON)
+
+    assert response.status_code == 200, response.text
+    record = response.json()["input"]
+    assert (record["width"], record["height"], record["oriented"]) == (30, 60, True)
+    assert (record["fit"], record["x"], record["y"], record["side"]) == ("crop", 0, 15, 30)
+    assert response.headers["x-input-transform"].startswith("exif-orientation; crop 0,15 30x30")
