@@ -10,7 +10,9 @@ from typing import TypeVar
 import httpx
 
 from facesr.client._images import ImageInput
-from facesr.client._protocol import DEFAULT_TIMEOUT_S, Plan, Reply, Send, Wait, build_protocol
+from facesr.client._plan import Plan, Reply, Send, Wait
+from facesr.client._protocol import build_protocol
+from facesr.client._timeouts import DEFAULT_TIMEOUT_S
 from facesr.client.results import BatchResult, Health, ModelInfo, Readiness, SuperResolution
 
 T = TypeVar("T")

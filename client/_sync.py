@@ -10,7 +10,9 @@ from typing import TypeVar
 import httpx
 
 from facesr.client._images import ImageInput
-from facesr.client._protocol import DEFAULT_TIMEOUT_S, Plan, Reply, Send, Wait, build_protocol
+from facesr.client._plan import Plan, Reply, Send, Wait
+from facesr.client._protocol import build_protocol
+from facesr.client._timeouts import DEFAULT_TIMEOUT_S
 from facesr.client.results import BatchResult, Health, ModelInfo, Readiness, SuperResolution
 
 T = TypeVar("T")
@@ -25,8 +27,10 @@ class Client:
     Args:
         base_url: where the service listens, e.g. ``"http://127.0.0.1:8000"`` (a path prefix is kept).
         api_key: sent as ``Authorization: Bearer <key>`` on ``/v1/*`` when the service has keys.
-        timeout: client-side limit of one HTTP attempt in seconds (or an `httpx.Timeout`; None: none).
-            A request's read limit is raised to its ``deadline_ms`` (plus 2 s) when that is longer.
+        timeout: client-side limit of each phase (connect, write, read) of one HTTP attempt in seconds
+            (or an `httpx.Timeout`; None: none). A call with a ``deadline_ms`` waits for an answer for
+            what is left of its deadline plus 2 s instead, longer or shorter than `timeout`, and its
+            connect, write and pool limits are at most what is left of the deadline.
         max_retries: retries of one call after its first attempt, for 429 (queue full) and 503
             (unavailable) answers and for connection failures. Other errors are never retried.
         max_retry_wait: cap on the seconds one call spends waiting between attempts. A 429/503 is
@@ -127,7 +131,9 @@ class Client:
                 default) or ``"pad"`` (edge pixels repeated); None: the service's default.
             model: the model name (see `models`); None: the service's default model.
             deadline_ms: time budget of the whole call in milliseconds (a positive integer), queueing and
-                retries included; sent as ``X-Deadline-Ms`` (what is left of it, on a retry).
+                retries included; sent as ``X-Deadline-Ms`` (what is left of it, on a retry). It also
+                bounds the client's own wait: a service that does not answer raises
+                `FaceSRTimeoutError` about 2 s after the deadline, whatever `timeout` is.
             output_format: ``"png"`` (default), ``"jpeg"`` or ``"webp"``: how `image` travels.
             quality: JPEG/WebP quality 1-100 (service default 95).
 
@@ -199,7 +205,8 @@ class Client:
         return self._run(self._protocol.ready())
 
     def wait_ready(self, timeout_s: float = 60.0, *, interval_s: float = 0.25) -> Readiness:
-        """Poll `ready` until the service can serve, for at most `timeout_s` seconds.
+        """Poll `ready` until the service can serve, for at most `timeout_s` seconds (each attempt waits
+        for its answer at most the time left, however long the client timeout).
 
         Raises:
             ServiceUnavailableError: it answered but was not ready in time.

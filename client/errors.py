@@ -79,7 +79,8 @@ class FaceSRConnectionError(FaceSRClientError):
 
 
 class FaceSRTimeoutError(FaceSRConnectionError):
-    """No answer within the client-side timeout (which is never shorter than the request's deadline)."""
+    """No answer within the client-side timeout, or, for a request with a deadline, within that deadline
+    plus a 2 s slack."""
 
 
 class UnexpectedResponseError(FaceSRClientError):

@@ -89,16 +89,23 @@ class InputRecord:
             return None
         return (self.x, self.y, self.side)
 
-    def to_input(self, points: np.ndarray, output_size: int = OUTPUT_SIZE) -> np.ndarray:
+    def to_input(self, points: np.ndarray, output_size: int | tuple[int, int] = OUTPUT_SIZE) -> np.ndarray:
         """Map points from output pixels to pixels of the upright upload.
 
+        Both are pixel-centre coordinates: pixel (i, j) covers [i, i + 1) x [j, j + 1) and its centre is
+        (i, j), so output points lie in 0 <= x, y < `output_size`, -0.5 is the output's left/top edge
+        and ``output_size - 0.5`` its right/bottom edge. The output's edges map onto the edges of the
+        square ``(x, y, side)``, so that the output's centre maps onto the square's centre.
+
         Args:
-            points: N x 2 array-like, (x, y) in output pixels (0 <= x, y < `output_size`).
-            output_size: side of the output image the points refer to (128).
+            points: N x 2 array-like, (x, y) in output pixels.
+            output_size: side of the output image the points refer to, or its (width, height); the
+                response's (`SuperResolution.width`, `SuperResolution.height`).
 
         Returns:
-            N x 2 float64 array, (x, y) in the upright upload's pixels: ``(x + px * side / output_size,
-            y + py * side / output_size)``. Points can fall outside the upload for ``fit="pad"``.
+            N x 2 float64 array, (x, y) in the upright upload's pixels:
+            ``((px + 0.5) * side / width - 0.5 + x, (py + 0.5) * side / height - 0.5 + y)``. Points can
+            fall outside the upload for ``fit="pad"``.
 
         Raises:
             ValueError: the record has no region (a server that predates the input policy), or
@@ -112,8 +119,10 @@ class InputRecord:
         array = np.asarray(points, dtype=np.float64)
         if array.ndim != 2 or array.shape[1] != 2:
             raise ValueError(f"points must be N x 2 (x, y), got shape {array.shape}")
+        width, height = (output_size, output_size) if isinstance(output_size, int) else output_size
         x, y, side = region
-        return array * (side / output_size) + np.array([x, y], dtype=np.float64)
+        scale = np.array([side / width, side / height], dtype=np.float64)
+        return (array + 0.5) * scale - 0.5 + np.array([x, y], dtype=np.float64)
 
 
 @dataclass(frozen=True)
@@ -133,9 +142,9 @@ class SuperResolution:
 
     Attributes:
         image: the 128 x 128 RGB result (PIL image, decoded from `media_type`).
-        landmarks: 68 x 2 float64 (x, y) in output pixels (0 <= x, y < 128), iBUG 68-point order; None
-            when not asked for, or when the model's landmarks failed evaluation (see
-            `landmark_quality`). Read-only.
+        landmarks: 68 x 2 float64 (x, y) in output pixels, pixel centres (0 <= x, y < 128; pixel (i, j)
+            is the point (i, j)), iBUG 68-point order; None when not asked for, or when the model's
+            landmarks failed evaluation (see `landmark_quality`). Read-only.
         confidences: 68 float64 in [0, 1], each point's heatmap peak (near 1: a clear peak); None with
             `landmarks`. Not a calibrated probability: compare points with it. Read-only.
         landmark_quality: the model's landmark verdict; None when landmarks were not asked for.
@@ -152,6 +161,8 @@ class SuperResolution:
             (the baseline to compare against), else None.
         input: what the upload was and what was done to it.
         resized_from: (width, height) of the upright upload when it was not already 16 x 16, else None.
+        width, height: the output's size in pixels as the response states it (128 x 128); the size of
+            `image` for a server that does not state it.
     """
 
     image: Image.Image
@@ -169,6 +180,8 @@ class SuperResolution:
     bicubic_image: Image.Image | None
     input: InputRecord
     resized_from: tuple[int, int] | None = None
+    width: int = OUTPUT_SIZE
+    height: int = OUTPUT_SIZE
 
     @property
     def warnings(self) -> tuple[InputWarning, ...]:
@@ -176,14 +189,16 @@ class SuperResolution:
         return self.input.warnings
 
     def landmarks_in_input(self) -> np.ndarray:
-        """The landmarks in pixels of the upright upload: 68 x 2 float64 (see `InputRecord.to_input`).
+        """The landmarks in pixels of the upright upload: 68 x 2 float64, pixel centres as in `landmarks`
+        (``(p + 0.5) * side / 128 - 0.5 + (x, y)`` for the input square ``(x, y, side)``; see
+        `InputRecord.to_input`).
 
         Raises:
             ValueError: no landmarks in this result, or the service did not report the input region.
         """
         if self.landmarks is None:
             raise ValueError("this result has no landmarks (not asked for, or withheld by the service)")
-        return self.input.to_input(self.landmarks, output_size=self.image.width)
+        return self.input.to_input(self.landmarks, output_size=(self.width, self.height))
 
 
 @dataclass(frozen=True, eq=False)

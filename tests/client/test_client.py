@@ -1,16 +1,21 @@
 """facesr.client against the real service (a tiny model behind a real uvicorn server in a thread).
 
 Retries are checked against real 429 answers of a service whose queue holds one job and whose worker is
-held, and, for what the service never sends (an HTTP-date Retry-After, a plain-text error body), against
-a small real HTTP server defined here.
+held, and, for what the service never sends (an HTTP-date Retry-After, a plain-text error body, no answer
+at all), against a small real HTTP server and a silent socket defined here.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import email.utils
+import io
 import json
 import pickle
+import re
+import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -49,8 +54,11 @@ from facesr.client import (
     UnexpectedResponseError,
     UnknownModelError,
 )
-from facesr.client._protocol import parse_retry_after
+from facesr.client._parse import parse_super_resolved
+from facesr.client._retry import parse_retry_after
+from facesr.client._timeouts import DEADLINE_SLACK_S, Deadline
 from facesr.client.errors import problem_error
+from facesr.client.results import InputRecord
 from facesr.model.inference import FaceSR
 from tests.conftest import free_port
 from tests.service.conftest import (
@@ -64,6 +72,7 @@ from tests.service.conftest import (
 )
 
 PROBLEM_PREFIX = "urn:facesr:problem:"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 # -- helpers --------------------------------------------------------------------------------------------
@@ -239,9 +248,58 @@ def test_fit_and_the_input_record_map_landmarks_onto_the_upload(
     assert "not-square" in [warning.code for warning in face.warnings]
     assert all(warning.message for warning in face.warnings)
     assert record.transform is not None and record.transform.startswith(fit or "crop")
+    assert (face.width, face.height) == (128, 128)
     x, y, side = region
+    # Pixel centres: the output spans -0.5..127.5 and the square x - 0.5..x + side - 0.5, edge to edge.
+    # So the output's centre (63.5) is the square's centre, and the output's first and last pixel
+    # centres lie half an output pixel (side / 256 upload pixels) inside the square's edges.
+    half = side / 256
+    known = {
+        (63.5, 63.5): (x + (side - 1) / 2, y + (side - 1) / 2),
+        (0.0, 0.0): (x - 0.5 + half, y - 0.5 + half),
+        (127.0, 127.0): (x + side - 0.5 - half, y + side - 0.5 - half),
+    }
+    mapped = record.to_input(np.array(list(known)), output_size=(face.width, face.height))
+    np.testing.assert_allclose(mapped, np.array(list(known.values())))
+    # Every landmark along the same edge-to-edge line.
     assert face.landmarks is not None
-    np.testing.assert_allclose(face.landmarks_in_input(), face.landmarks * side / 128 + [x, y])
+    expected = np.column_stack(
+        [
+            np.interp(face.landmarks[:, 0], [-0.5, 127.5], [x - 0.5, x + side - 0.5]),
+            np.interp(face.landmarks[:, 1], [-0.5, 127.5], [y - 0.5, y + side - 0.5]),
+        ]
+    )
+    np.testing.assert_allclose(face.landmarks_in_input(), expected)
+
+
+def test_landmarks_map_with_the_output_size_the_response_states():
+    """A 64 x 64 output (stated as width/height) maps its own centre, 31.5, onto the square's centre."""
+    lr = Image.fromarray(face_array(64, 64, seed=3))
+    buffer = io.BytesIO()
+    lr.save(buffer, format="PNG")
+    body = {
+        "request_id": "r",
+        "model": "m",
+        "media_type": "image/png",
+        "width": 64,
+        "height": 64,
+        "image": base64.b64encode(buffer.getvalue()).decode(),
+        "landmarks": [{"x": 31.5, "y": 31.5, "confidence": 1.0}, {"x": 0.0, "y": 63.0, "confidence": 1.0}],
+        "input": {"format": "PNG", "width": 40, "height": 60, "x": 10, "y": 20, "side": 32},
+        "timings_ms": {},
+    }
+    face = parse_super_resolved(body)
+    assert (face.width, face.height) == (64, 64)
+    # Output pixel 0 is a quarter of an upload pixel (32 / 64 / 2) inside the square's edge at x - 0.5.
+    np.testing.assert_allclose(face.landmarks_in_input(), [[25.5, 35.5], [9.75, 51.25]])
+    without_size = parse_super_resolved({key: value for key, value in body.items() if key != "width"})
+    assert without_size.width == 64  # from the image
+
+    record = InputRecord(format="PNG", width=128, height=128, x=0, y=0, side=128)
+    points = np.array([[0.0, 0.0], [12.25, 100.0], [127.0, 127.0]])
+    np.testing.assert_allclose(record.to_input(points), points)  # one to one at 128 -> 128
+    with pytest.raises(ValueError, match="input region"):
+        InputRecord(format="PNG", width=1, height=1).to_input(points)
 
 
 # -- errors from real problem documents -------------------------------------------------------------------
@@ -294,6 +352,7 @@ def keyed_service(tiny_engine: FaceSR) -> Iterator[RunningService]:
 
 
 def test_api_key(keyed_service: RunningService):
+    transport = RecordingTransport()
     with Client(keyed_service.url) as anonymous:
         assert anonymous.health().ok  # probes stay open
         with pytest.raises(UnauthorizedError) as caught:
@@ -303,9 +362,15 @@ def test_api_key(keyed_service: RunningService):
     assert caught.value.status == 401 and caught.value.slug == "unauthorized"
     with Client(keyed_service.url, api_key="wrong-key-0123456789") as wrong, pytest.raises(UnauthorizedError):
         wrong.super_resolve(face_array())
-    with Client(keyed_service.url, api_key=API_KEY) as client:
+    with Client(keyed_service.url, api_key=API_KEY, transport=transport) as client:
         assert client.super_resolve(face_array()).image.size == (128, 128)
         assert [model.name for model in client.models()] == [MODEL_NAME]
+        assert client.ready().ready
+    assert [attempt.headers.get("authorization") for attempt in transport.attempts] == [
+        f"Bearer {API_KEY}",
+        f"Bearer {API_KEY}",
+        None,  # probes get no key
+    ]
 
 
 # -- batch ----------------------------------------------------------------------------------------------
@@ -615,6 +680,104 @@ def test_a_plain_text_503_that_may_not_be_retried_is_raised(scripted):
     assert caught.value.status == 503 and caught.value.retry_after is not None
     assert caught.value.detail == "warming up"
     assert len(script.seen) == 1
+
+
+# -- a server that never answers ---------------------------------------------------------------------------
+@pytest.fixture
+def silent_url() -> Iterator[str]:
+    """A listening socket that is never accepted from: connections open (the kernel's backlog), requests
+    are taken in, and no answer ever comes."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+
+
+def call(kind: str, url: str, operation: str, *args, **kwargs):
+    """`operation` of a Client (kind "sync") or an AsyncClient ("async") whose timeout is 30 s."""
+    if kind == "sync":
+        with Client(url, timeout=30.0) as client:
+            return getattr(client, operation)(*args, **kwargs)
+
+    async def main():
+        async with AsyncClient(url, timeout=30.0) as client:
+            return await getattr(client, operation)(*args, **kwargs)
+
+    return asyncio.run(main())
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_deadline_bounds_the_wait_for_a_server_that_never_answers(silent_url: str, kind: str):
+    started = time.monotonic()
+    with pytest.raises(FaceSRTimeoutError) as caught:
+        call(kind, silent_url, "super_resolve", face_array(), deadline_ms=500)
+    elapsed = time.monotonic() - started
+
+    # The deadline plus the slack for a 504 to arrive, not the 30 s client timeout.
+    assert 0.5 + DEADLINE_SLACK_S - 0.1 <= elapsed < 0.5 + DEADLINE_SLACK_S + 1.0
+    assert "500 ms deadline" in str(caught.value)
+    assert isinstance(caught.value.__cause__, httpx.ReadTimeout)
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_wait_ready_gives_up_in_time_when_nothing_answers(silent_url: str, kind: str):
+    started = time.monotonic()
+    with pytest.raises(FaceSRTimeoutError):
+        call(kind, silent_url, "wait_ready", timeout_s=1.0, interval_s=0.1)
+    assert time.monotonic() - started < 2.0  # not the 30 s of one attempt's client timeout
+
+
+def test_a_deadline_sets_each_attempts_limits():
+    long_base = Deadline.start(400)
+    assert long_base is not None
+    limits = long_base.timeout(httpx.Timeout(30.0))
+    assert limits.read is not None and 0.3 + DEADLINE_SLACK_S < limits.read <= 0.4 + DEADLINE_SLACK_S
+    for phase in (limits.connect, limits.write, limits.pool):
+        assert phase is not None and 0.3 < phase <= 0.4
+    # A short client timeout is stretched to the deadline for the read, and kept for the rest.
+    short_base = Deadline.start(10_000)
+    assert short_base is not None
+    stretched = short_base.timeout(httpx.Timeout(0.3))
+    assert stretched.read is not None and stretched.read > 9.9 + DEADLINE_SLACK_S
+    assert (stretched.connect, stretched.write, stretched.pool) == (0.3, 0.3, 0.3)
+    # No client limit at all: the deadline still bounds every phase.
+    unlimited = short_base.timeout(httpx.Timeout(None))
+    assert unlimited.read is not None and unlimited.read <= 10 + DEADLINE_SLACK_S
+    assert unlimited.connect is not None and unlimited.connect <= 10
+    assert Deadline.start(None) is None
+    for bad in (0, -5, 1.5, True, "100"):
+        with pytest.raises(ValueError, match="deadline_ms"):
+            Deadline.start(bad)  # type: ignore[arg-type]
+
+
+# -- the README's example --------------------------------------------------------------------------------
+def readme_python_client_example() -> str:
+    """The ```python block of README.md's "### Python client" section."""
+    text = README.read_text(encoding="utf-8")
+    section = re.search(r"^### Python client\n(.*?)(?=^#{1,3} |\Z)", text, re.S | re.M)
+    assert section is not None, "README.md has no '### Python client' section"
+    block = re.search(r"^```python\n(.*?)^```", section.group(1), re.S | re.M)
+    assert block is not None, "the README's Python client section has no ```python block"
+    return block.group(1)
+
+
+def test_the_readme_python_client_example_runs(
+    embedded_service: RunningService, helen_face: Path, tmp_path: Path
+):
+    code = readme_python_client_example()
+    assert "http://127.0.0.1:8000" in code and '"face.jpg"' in code, "the example's URL or file changed"
+    script = tmp_path / "example.py"
+    script.write_text(code.replace("http://127.0.0.1:8000", embedded_service.url), encoding="utf-8")
+    shutil.copyfile(helen_face, tmp_path / "face.jpg")
+
+    finished = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+
+    assert finished.returncode == 0, finished.stderr
+    with Image.open(tmp_path / "face-128.png") as saved:
+        assert saved.size == (128, 128) and saved.mode == "RGB"
+    assert MODEL_NAME in finished.stdout
 
 
 # -- units ----------------------------------------------------------------------------------------------
