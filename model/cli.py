@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from facesr.model.errors import FaceSRError
 from facesr.model.input_policy import ACCEPTED_FORMATS_TEXT, DEFAULT_FIT, Fit
+from facesr.model.output_plan import OUTPUT_SUFFIXES_TEXT
 
 if TYPE_CHECKING:
     from facesr.model.runtime import GraphMode
@@ -32,7 +33,7 @@ def _fail(message: str) -> typer.Exit:
 ENHANCE_HELP = "\n\n".join(
     (
         f"Super-resolve face images of any size ({ACCEPTED_FORMATS_TEXT}).",
-        "-o is a folder (created when missing), or one image file ending in .png, .jpg, .jpeg or .webp "
+        f"-o is a folder (created when missing), or one image file ending in {OUTPUT_SUFFIXES_TEXT} "
         "(written in that format) when the input is exactly one file.",
         "In a folder each result is named after its input's path below the folder argument (or the "
         "file's name) with .png; --steps adds NAME.stepI.png and --landmarks-json NAME.landmarks.json "

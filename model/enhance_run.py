@@ -1,7 +1,8 @@
 """The work of `facesr enhance` once its outputs are planned: read, super-resolve, write (needs torch).
 
-Inputs are read batch by batch; a file that cannot be read or is refused by the input policy is
-reported through `report` and the run goes on. Writing stops the run at the first failure
+Inputs are read batch by batch, each by `facesr.model.files.read_face` (the API's reader and input
+policy); a file that cannot be read or is refused by the policy is reported through `report` and the
+run goes on. Writing stops the run at the first failure
 (`OutputWriteError`), since a folder that cannot be written fails for every file alike.
 """
 
@@ -12,10 +13,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from PIL import Image
+import numpy as np
 
-from facesr.model.errors import InputImageError
-from facesr.model.files import UnreadableImageError, read_image
+from facesr.model.files import UnreadableImageError, read_face
+from facesr.model.image_file import DecodedFace
 from facesr.model.inference import FaceResult, FaceSR, landmark_points
 from facesr.model.input_policy import Fit, InputTransform
 from facesr.model.landmark_quality import LandmarkQuality
@@ -49,22 +50,13 @@ class RunOptions:
     batch_size: int
 
 
-def _enhance(
-    engine: FaceSR, images: Sequence[Image.Image], options: RunOptions
-) -> list[FaceResult | InputImageError]:
-    """One batch; when the input policy refuses an image, each image again alone to find which."""
-    try:
-        return list(engine.enhance(images, return_steps=options.steps, fit=options.fit))
-    except InputImageError:
-        if len(images) == 1:
-            raise
-    results: list[FaceResult | InputImageError] = []
-    for image in images:
-        try:
-            results.extend(engine.enhance([image], return_steps=options.steps, fit=options.fit))
-        except InputImageError as error:
-            results.append(error)
-    return results
+def _enhance(engine: FaceSR, faces: Sequence[DecodedFace], steps: bool) -> list[FaceResult]:
+    """One batch of model inputs; each result carries its input's policy record."""
+    results = engine.enhance_tensor(np.stack([face.lr_rgb for face in faces]), return_steps=steps)
+    return [
+        dataclasses.replace(result, transform=face.transform)
+        for result, face in zip(results, faces, strict=True)
+    ]
 
 
 def landmarks_payload(
@@ -142,28 +134,21 @@ def run(
     tally = RunTally()
     items = plan.items
     for start in range(0, len(items), options.batch_size):
-        readable: list[tuple[PlannedOutput, Image.Image, bool]] = []
+        readable: list[tuple[PlannedOutput, DecodedFace]] = []
         for item in items[start : start + options.batch_size]:
             try:
-                image, oriented = read_image(item.source.path)
+                face = read_face(item.source.path, options.fit)
             except UnreadableImageError as error:
                 report(f"error: {item.source.path}: {error}; skipped")
                 tally.failed += 1
                 advance(1)
                 continue
-            readable.append((item, image, oriented))
+            readable.append((item, face))
         if not readable:
             continue
-        outcomes = _enhance(engine, [image for _, image, _ in readable], options)
-        for (item, _, oriented), outcome in zip(readable, outcomes, strict=True):
-            if isinstance(outcome, InputImageError):
-                report(f"error: {item.source.path}: {outcome}; skipped")
-                tally.failed += 1
-                advance(1)
-                continue
+        outcomes = _enhance(engine, [face for _, face in readable], options.steps)
+        for (item, _), outcome in zip(readable, outcomes, strict=True):
             transform = outcome.transform
-            if transform is not None and oriented:
-                transform = dataclasses.replace(transform, oriented=True)
             for warning in transform.warnings if transform is not None else ():
                 report(f"warning: {item.source.path}: {warning.message}")
             payload = (

@@ -1,10 +1,11 @@
-"""Finding and reading the input images of `facesr enhance` (numpy-free: PIL only).
+"""Finding and reading the input images of `facesr enhance` (no torch).
 
 Rules (the same format list as the API, `facesr.model.input_policy`):
 
 * A file named on the command line is always tried, whatever its name: its content decides.
 * A folder contributes, recursively and in sorted order, its files whose suffix is one of
-  `ACCEPTED_SUFFIXES`; its other regular files are reported as not accepted. Hidden entries (names
+  `ACCEPTED_SUFFIXES`; its other files are reported as not accepted, and so are broken symbolic links,
+  pipes and sockets. Hidden entries (names
   starting with ".") are ignored, and so are folders reached through symbolic links.
 * The same file reached twice (named twice, or named and inside a named folder) is read once.
 * A path on the command line that does not exist is an error before anything is read.
@@ -17,10 +18,16 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from facesr.model.input_policy import ACCEPTED_FORMATS, ACCEPTED_FORMATS_TEXT, ACCEPTED_SUFFIXES, upright
-from facesr.model.preprocess import as_rgb_image
+from facesr.model.image_file import (
+    DamagedImageError,
+    DecodedFace,
+    NotAnImageError,
+    UnsupportedFormatError,
+    decode_face,
+)
+from facesr.model.input_policy import ACCEPTED_FORMATS_TEXT, ACCEPTED_SUFFIXES, Fit, InputTooSmallError
 
 #: Told with every refusal, so the user knows what would have been taken.
 ACCEPTED_HINT = f"accepted formats: {ACCEPTED_FORMATS_TEXT}; suffixes {' '.join(sorted(ACCEPTED_SUFFIXES))}"
@@ -71,7 +78,7 @@ def _absolute(path: Path) -> Path:
 
 
 def _walk(folder: Path, unreadable: list[Skipped]) -> list[Path]:
-    """Regular files below `folder` (not hidden, symlinked folders not followed), sorted by path.
+    """Entries other than folders below `folder` (not hidden, symlinked folders not followed), sorted.
 
     Folders that cannot be listed are added to `unreadable`.
     """
@@ -84,8 +91,19 @@ def _walk(folder: Path, unreadable: list[Skipped]) -> list[Path]:
     for root, dirs, names in os.walk(folder, onerror=report):
         dirs[:] = sorted(name for name in dirs if not name.startswith("."))
         found.extend(Path(root, name) for name in names if not name.startswith("."))
-    found = [path for path in found if path.is_file()]
     return sorted(found, key=lambda path: path.relative_to(folder).parts)
+
+
+def _not_regular(path: Path) -> str | None:
+    """Why a folder entry is not read: None for a regular file (or a link to one)."""
+    if path.is_file():
+        return None
+    if path.is_symlink():
+        try:
+            path.stat()
+        except OSError as error:  # it leads nowhere, or into a loop
+            return f"broken symbolic link ({error.strerror or error})"
+    return "not a regular file (a pipe, socket or device)"
 
 
 def collect_inputs(inputs: Iterable[Path]) -> CollectedInputs:
@@ -122,7 +140,9 @@ def collect_inputs(inputs: Iterable[Path]) -> CollectedInputs:
             continue
         base = _absolute(item)
         for path in _walk(item, skipped):
-            if path.suffix.lower() in ACCEPTED_SUFFIXES:
+            if (not_regular := _not_regular(path)) is not None:
+                skipped.append(Skipped(path, not_regular))
+            elif path.suffix.lower() in ACCEPTED_SUFFIXES:
                 add(InputFile(path, path.relative_to(item), base))
             else:
                 kind = f"'{path.suffix}' files are" if path.suffix else "files without a suffix are"
@@ -130,32 +150,30 @@ def collect_inputs(inputs: Iterable[Path]) -> CollectedInputs:
     return CollectedInputs(files, skipped, has_folder=any(item.is_dir() for item in inputs))
 
 
-def read_image(path: Path) -> tuple[Image.Image, bool]:
-    """Decode the first frame of an image file, upright (EXIF orientation applied), as RGB.
+def read_face(path: Path, fit: Fit) -> DecodedFace:
+    """Read an image file into the model input, exactly as the API reads an upload.
 
     Args:
         path: any file; its content, not its name, decides.
+        fit: how a non-square image becomes square (`facesr.model.input_policy`).
 
     Returns:
-        The PIL RGB image (alpha composited on black) and whether the EXIF orientation turned it.
+        The 16 x 16 model input and the input policy's record (`facesr.model.image_file.decode_face`).
 
     Raises:
-        UnreadableImageError: not a file, not an image, a refused format (GIF, TIFF, ...), a damaged
-            or enormous image, or a read error; the message says which, with the accepted formats.
+        UnreadableImageError: not a regular file, not an image, a refused format (GIF, TIFF, ...), a
+            damaged, enormous or too small image, or a read error; the message says which.
     """
     if not path.is_file():
         raise UnreadableImageError(f"not a regular file ({ACCEPTED_HINT})")
     try:
-        with Image.open(path) as image:
-            if image.format not in ACCEPTED_FORMATS:
-                raise UnreadableImageError(f"a {image.format} image is not accepted ({ACCEPTED_HINT})")
-            image.load()
-            turned, oriented = upright(image)
-            return as_rgb_image(turned).copy(), oriented
-    except UnreadableImageError:
-        raise
-    except UnidentifiedImageError as error:
-        raise UnreadableImageError(f"not an image file ({ACCEPTED_HINT})") from error
+        return decode_face(path, fit=fit)
+    except InputTooSmallError as error:
+        raise UnreadableImageError(str(error)) from error
+    except (UnsupportedFormatError, NotAnImageError) as error:
+        raise UnreadableImageError(f"{error} ({ACCEPTED_HINT})") from error
+    except DamagedImageError as error:
+        raise UnreadableImageError(f"damaged or truncated image ({error.__cause__ or error})") from error
     except Image.DecompressionBombError as error:
         raise UnreadableImageError(f"image too large ({error})") from error
     except PermissionError as error:

@@ -1,9 +1,9 @@
 """Where `facesr enhance` writes every result, decided and checked before anything is written.
 
-`-o` is either one image file (a path ending in .png, .jpg, .jpeg or .webp, for exactly one input file)
-or a folder. In a folder each input's result is named after the input's path below its folder argument
-(or its file name, for a file argument) with `.png`; `--steps` adds `<name>.step<i>.png` and
-`--landmarks-json` `<name>.landmarks.json` beside it.
+`-o` is either one image file (a path ending in one of the `OUTPUT_FORMATS` suffixes, for exactly one
+input file) or a folder. In a folder each input's result is named after the input's path below its
+folder argument (or its file name, for a file argument) with `.png`; `--steps` adds
+`<name>.step<i>.png` and `--landmarks-json` `<name>.landmarks.json` beside it.
 
 Names that would clash (two inputs, or an input and another input's step or landmarks file) are told
 apart by one rule, applied to every member of the clashing group alike, at the first level that works:
@@ -24,11 +24,22 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePath
+from typing import TYPE_CHECKING
 
-from facesr.model.files import InputFile
+if TYPE_CHECKING:  # importing this module reads no image code (the command's help text uses it)
+    from facesr.model.files import InputFile
 
 #: Image suffixes `-o` may end in, and the format each is written in.
 OUTPUT_FORMATS: dict[str, str] = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
+
+
+def _listed(words: Sequence[str]) -> str:
+    """Words as a sentence lists them: "a", "a or b", "a, b or c"."""
+    return f"{', '.join(words[:-1])} or {words[-1]}" if len(words) > 1 else "".join(words)
+
+
+#: The suffixes of `OUTPUT_FORMATS` as messages and the command's help name them.
+OUTPUT_SUFFIXES_TEXT = _listed(list(OUTPUT_FORMATS))
 #: Image suffixes that cannot be written; `-o` ending in one is refused rather than made a folder.
 UNWRITABLE_IMAGE_SUFFIXES = frozenset({".bmp", ".gif", ".tif", ".tiff"})
 
@@ -170,10 +181,10 @@ def plan_outputs(
         return OutputPlan(output, single_file=True, items=(item,))
     if os.path.lexists(output) and not output.is_dir():
         raise PlanError(
-            f"-o {output} exists and is not a folder (an output image must end in .png, .jpg, .jpeg or .webp)"
+            f"-o {output} exists and is not a folder (an output image must end in {OUTPUT_SUFFIXES_TEXT})"
         )
     if suffix in UNWRITABLE_IMAGE_SUFFIXES:
-        raise PlanError(f"-o {output}: results are written as .png, .jpg, .jpeg or .webp, not {suffix}")
+        raise PlanError(f"-o {output}: results are written as {OUTPUT_SUFFIXES_TEXT}, not {suffix}")
     items = []
     for source, name in zip(files, assign_names(files, num_steps, landmarks), strict=True):
         image = output / name.parent / f"{name.name}.png"
@@ -195,6 +206,15 @@ def _blocking_file(target: Path, known_folders: set[Path]) -> Path | None:
     return None
 
 
+def _resolve(path: Path, action: str) -> Path:
+    """`path` with every symbolic link followed; PlanError where that fails (a symbolic link loop)."""
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError) as error:  # a loop raises RuntimeError before Python 3.13
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else "a symbolic link loop"
+        raise PlanError(f"cannot {action} {path}: {reason}") from error
+
+
 def check_plan(plan: OutputPlan, *, overwrite: bool) -> list[Path]:
     """Refuse a plan that would lose a file; return the targets that exist (to be replaced).
 
@@ -209,16 +229,18 @@ def check_plan(plan: OutputPlan, *, overwrite: bool) -> list[Path]:
         PlanError: naming the first problem: a target is another input file (even with `overwrite`),
             a folder, or below a file; or targets exist without `overwrite` (with how many).
     """
-    inputs = {item.source.path.resolve(): item.source.path for item in plan.items}
+    inputs = {_resolve(item.source.path, "read"): item.source.path for item in plan.items}
     folders: set[Path] = set()
     existing: list[Path] = []
     for item in plan.items:
-        own = item.source.path.resolve()
+        own = _resolve(item.source.path, "read")
         for target in item.targets:
             blocking = _blocking_file(target, folders)
             if blocking is not None:
-                raise PlanError(f"cannot write {target}: {blocking} is a file, not a folder")
-            resolved = target.resolve()
+                broken = blocking.is_symlink() and not blocking.exists()
+                what = "a broken symbolic link" if broken else "a file"
+                raise PlanError(f"cannot write {target}: {blocking} is {what}, not a folder")
+            resolved = _resolve(target, "write")
             if resolved in inputs and resolved != own:
                 other = inputs[resolved]
                 alias = "" if target == other else f" (as {target})"

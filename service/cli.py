@@ -10,7 +10,10 @@ Importing this module imports no torch: every command loads the model only when 
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
+import sys
+from collections.abc import Sequence
 from typing import Annotated
 
 import typer
@@ -91,9 +94,50 @@ def build_app() -> typer.Typer:
 app = build_app()
 
 
-def main() -> None:
-    """Console-script entry point."""
-    app()
+# Typer raises the exceptions of the click it runs on: a copy inside typer in recent releases, the click
+# package in older ones. `typer.BadParameter` is one of them, so its module holds the others.
+_click_errors = importlib.import_module(typer.BadParameter.__module__)
+INTERRUPTED_STATUS = 130  # 128 + SIGINT, as a shell reports Ctrl-C
+
+
+def _error_line(message: str) -> str:
+    """`error: <message>` on one line (click messages may span several)."""
+    return f"error: {' '.join(message.split())}"
+
+
+def main(args: Sequence[str] | None = None) -> None:
+    """Console-script entry point: run the app, with every user error as one `error: ...` line on stderr.
+
+    A usage error (unknown option, bad value, missing argument, unknown command) says which command's
+    help to read and exits with status 2; `facesr` alone prints the help (status 2, as click does);
+    `typer.Exit` codes pass through; Ctrl-C exits with status 130 and no traceback.
+
+    Args:
+        args: the command line without the program name (default: `sys.argv[1:]`).
+    """
+    try:
+        result = app(args=args, prog_name="facesr", standalone_mode=False)
+    except _click_errors.UsageError as error:
+        if type(error).__name__ == "NoArgsIsHelpError":  # click >= 8.2: `no_args_is_help` raises this
+            if message := error.format_message():  # rich help is printed already; plain help is the message
+                typer.echo(message)
+            sys.exit(error.exit_code)
+        command = error.ctx.command_path if error.ctx is not None else "facesr"
+        typer.secho(
+            f"{_error_line(error.format_message())} (see {command} --help)", err=True, fg=typer.colors.RED
+        )
+        sys.exit(error.exit_code)
+    except _click_errors.ClickException as error:
+        typer.secho(_error_line(error.format_message()), err=True, fg=typer.colors.RED)
+        sys.exit(error.exit_code)
+    except (typer.Abort, getattr(_click_errors, "Abort", typer.Abort)):
+        typer.secho("error: aborted", err=True, fg=typer.colors.RED)
+        sys.exit(1)
+    except KeyboardInterrupt:  # typer turns one inside a command into exit status 130; this is the rest
+        sys.exit(INTERRUPTED_STATUS)
+    # Without standalone mode typer returns an Exit's code (--help, --version, typer.Exit) and otherwise
+    # the command's return value, which is None for every facesr command.
+    sys.exit(result if isinstance(result, int) else 0)
 
 
 if __name__ == "__main__":

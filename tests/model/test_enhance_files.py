@@ -10,6 +10,9 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import os
+import socket
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +25,8 @@ from facesr.model import inference
 from facesr.model.checkpoint import ModelCard, save_checkpoint
 from facesr.model.config import DICConfig
 from facesr.model.generator import DICGenerator
-from facesr.service.cli import app
+from facesr.model.output_plan import OUTPUT_FORMATS, OUTPUT_SUFFIXES_TEXT
+from facesr.service.cli import app, main
 
 runner = CliRunner()
 ACCEPTED = "PNG, JPEG, WebP or BMP"
@@ -239,6 +243,29 @@ def test_output_naming_an_existing_non_image_file_is_one_line(checkpoint: Path, 
     assert str(notes) in line and "not a folder" in line and notes.read_text() == "keep me"
 
 
+@pytest.mark.parametrize(
+    ("link", "output"),
+    [
+        ("loop.png", "loop.png"),  # -o names the loop as the image file
+        ("out/a.png", "out"),  # the loop is where the result goes in the -o folder
+        ("loop", "loop/sr.png"),  # the loop is where the folder of -o should be
+        ("loop", "loop"),  # -o names the loop as the folder
+    ],
+)
+def test_a_symbolic_link_loop_in_the_output_path_is_one_line(
+    checkpoint: Path, tmp_path: Path, link: str, output: str
+) -> None:
+    source = face(tmp_path / "in" / "a.png")
+    loop = tmp_path / link
+    loop.parent.mkdir(exist_ok=True)
+    loop.symlink_to(loop.name)  # the link points at itself
+
+    line = one_error_line(enhance(checkpoint, source, "-o", tmp_path / output))
+
+    assert str(loop) in line
+    assert loop.is_symlink() and str(loop.readlink()) == loop.name
+
+
 def test_output_file_that_exists_needs_overwrite(checkpoint: Path, tmp_path: Path) -> None:
     source, target = face(tmp_path / "a.png"), face(tmp_path / "sr.png", seed=7)
     before = target.read_bytes()
@@ -263,6 +290,47 @@ def test_non_image_files_in_a_folder_are_reported(checkpoint: Path, tmp_path: Pa
     assert ".hidden" not in result.output
     assert files_below(tmp_path / "out") == ["a.png"]
     assert "wrote 1 image(s)" in result.stdout and "1 file(s) not processed" in result.stdout
+
+
+def test_folder_entries_that_are_not_regular_files_are_reported(
+    checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A dangling link, a link loop, a FIFO and a socket in a folder: each one error line, not silence."""
+    folder = tmp_path / "in"
+    face(folder / "a.png")
+    (folder / "linked.png").symlink_to(face(tmp_path / "elsewhere.png", seed=1))  # a link to a file is read
+    (folder / "gone.png").symlink_to("nowhere.png")
+    (folder / "loop.png").symlink_to("loop.png")
+    os.mkfifo(folder / "pipe.png")
+    monkeypatch.chdir(folder)  # a short relative name: socket paths are limited to about 100 bytes
+    listening = socket.socket(socket.AF_UNIX)
+    listening.bind("socket.png")
+    try:
+        result = enhance(checkpoint, folder, "-o", tmp_path / "out")
+    finally:
+        listening.close()
+
+    assert result.exit_code == 1, result.output
+    reasons = {"gone.png": "symbolic link", "loop.png": "symbolic link", "pipe.png": "not a regular file"}
+    reasons["socket.png"] = "not a regular file"
+    for name, reason in reasons.items():
+        lines = [line for line in result.stderr.splitlines() if str(folder / name) in line]
+        assert len(lines) == 1 and lines[0].startswith("error: ") and reason in lines[0], result.stderr
+        assert lines[0].endswith("; skipped")
+    assert files_below(tmp_path / "out") == ["a.png", "linked.png"]
+    assert "wrote 2 image(s)" in result.stdout and "4 file(s) not processed" in result.stdout
+
+
+def test_the_output_suffixes_are_named_from_the_one_table(checkpoint: Path, tmp_path: Path) -> None:
+    """Messages and the help name every suffix of OUTPUT_FORMATS, in one wording."""
+    assert OUTPUT_SUFFIXES_TEXT == ".png, .jpg, .jpeg or .webp"
+    assert all(suffix in OUTPUT_SUFFIXES_TEXT for suffix in OUTPUT_FORMATS)
+
+    line = one_error_line(enhance(checkpoint, face(tmp_path / "a.png"), "-o", tmp_path / "sr.gif"))
+
+    assert f"results are written as {OUTPUT_SUFFIXES_TEXT}, not .gif" in line
+    help_text = " ".join(runner.invoke(app, ["enhance", "--help"], terminal_width=400).stdout.split())
+    assert f"one image file ending in {OUTPUT_SUFFIXES_TEXT} " in help_text
 
 
 def test_refused_formats_damaged_and_too_small_images_are_reported(checkpoint: Path, tmp_path: Path) -> None:
@@ -339,14 +407,28 @@ def test_fit_pad_warns_once_and_maps_landmarks_back(checkpoint: Path, tmp_path: 
     assert payload["input"]["fit"] == "pad" and payload["input"]["side"] == 60
     assert [w["code"] for w in payload["input"]["warnings"]] == ["not-square"]
     point, mapped = payload["landmarks"][0], payload["landmarks_input_px"][0]
-    assert mapped["x"] == pytest.approx(point["x"] * 60 / 128, abs=0.02)
-    assert mapped["y"] == pytest.approx(point["y"] * 60 / 128 - 10, abs=0.02)
+    # pixel centre to pixel centre: output pixel p covers 60/128 input pixels from the padded square's edge
+    assert mapped["x"] == pytest.approx((point["x"] + 0.5) * 60 / 128 - 0.5, abs=0.02)
+    assert mapped["y"] == pytest.approx((point["y"] + 0.5) * 60 / 128 - 0.5 - 10, abs=0.02)
 
 
-def test_an_unknown_fit_is_a_usage_error(checkpoint: Path, tmp_path: Path) -> None:
-    assert (
-        enhance(checkpoint, face(tmp_path / "a.png"), "-o", tmp_path / "o", "--fit", "stretch").exit_code == 2
-    )
+def test_an_unknown_fit_is_a_one_line_usage_error(
+    checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Through the console entry point: one `error:` line naming the option, status 2, nothing written."""
+    source, output = face(tmp_path / "a.png"), tmp_path / "o"
+    args = ["enhance", str(source), "-o", str(output), "-c", str(checkpoint), "--fit", "stretch"]
+    monkeypatch.setattr(sys, "argv", ["facesr", *args])
+
+    with pytest.raises(SystemExit) as exited:
+        main()
+
+    assert exited.value.code == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "--fit" in lines[0], captured.err
+    assert lines[0].endswith("(see facesr enhance --help)") and captured.out == ""
+    assert not output.exists()
 
 
 def test_exif_orientation_is_applied_and_recorded(checkpoint: Path, tmp_path: Path) -> None:

@@ -105,3 +105,16 @@ def test_open_image_reads_the_header_only() -> None:
     with open_image(_saved(_smooth(300, 200), "PNG")) as image:
         assert image.size == (300, 200)
         assert image.tile, "no pixel data decoded yet"
+
+
+def test_the_api_and_the_cli_make_the_same_input_from_the_same_file(tmp_path: Path) -> None:
+    from facesr.model.files import read_face
+    from facesr.service.images import decode_upload
+
+    data = _saved(_smooth(1200, 900), "JPEG", quality=85)  # large enough to be decoded at 1/2 scale
+    path = tmp_path / "photo.jpg"
+    path.write_bytes(data)
+    cli = read_face(path, "pad")
+    api = decode_upload(data, max_bytes=1 << 24, max_pixels=1 << 24, fit="pad")
+    np.testing.assert_array_equal(cli.lr_rgb, api.lr_rgb)
+    assert cli.transform == api.transform

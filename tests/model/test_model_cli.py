@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import typer
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -108,3 +110,60 @@ def test_bench_model_prints_a_table_and_writes_json(tmp_path: Path) -> None:
     assert all(row["images_per_second"] > 0 for row in report["rows"])
     assert report["gflops_per_image"] > 0
     assert "| 2 |" in result.output
+
+
+# -- through the console entry point (`facesr.service.cli.main`) ------------------------------------------
+def _run_main(monkeypatch: pytest.MonkeyPatch, *args: str) -> int:
+    """Call `main()` with `facesr ARGS` as the command line; returns its exit status."""
+    from facesr.service import cli
+
+    monkeypatch.setattr(sys, "argv", ["facesr", *args])
+    with pytest.raises(SystemExit) as exited:
+        cli.main()
+    code = exited.value.code
+    return code if isinstance(code, int) else 0 if code is None else 1
+
+
+def test_enhance_keeps_its_exit_status_and_one_error_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    assert _run_main(monkeypatch, "enhance", str(tmp_path / "nope.png"), "-o", str(tmp_path / "o")) == 1
+    assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'nope.png'}: no such file or folder"
+
+
+def _interrupt(*_args: object, **_kwargs: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _abort(*_args: object, **_kwargs: object) -> None:
+    raise typer.Abort()
+
+
+def _click_error(*_args: object, **_kwargs: object) -> None:
+    from facesr.service import cli
+
+    raise cli._click_errors.ClickException("the disk\nis on fire")
+
+
+@pytest.mark.parametrize(
+    ("raise_it", "status", "stderr"),
+    [(_interrupt, 130, ""), (_abort, 1, "error: aborted"), (_click_error, 1, "error: the disk is on fire")],
+)
+def test_an_interrupted_or_aborted_enhance_exits_without_a_traceback(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    raise_it: object,
+    status: int,
+    stderr: str,
+) -> None:
+    """Ctrl-C while a command runs exits with 130; an abort or another click error is one line, 1."""
+    from facesr.model import files
+
+    monkeypatch.setattr(files, "collect_inputs", raise_it)
+    face = tmp_path / "a.png"
+    Image.new("RGB", (16, 16)).save(face)
+
+    assert _run_main(monkeypatch, "enhance", str(face), "-o", str(tmp_path / "o")) == status
+    assert capsys.readouterr().err.strip() == stderr
+    assert not (tmp_path / "o").exists()

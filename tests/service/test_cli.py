@@ -292,3 +292,126 @@ def test_version_prints_the_installed_distribution_version(runner: CliRunner) ->
 
     assert result.exit_code == 0, result.output
     assert result.stdout.strip() == f"facesr {version('facesr')}"
+
+
+# -- the console entry point (`main`): every user error is one line ------------------------------------
+FACESR_SCRIPT = Path(sys.executable).with_name("facesr")
+
+
+def _run_script(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run the installed `facesr` console script, as a user does."""
+    if not FACESR_SCRIPT.is_file():
+        pytest.skip("the facesr console script is not installed beside this Python")
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("FACESR_")}
+    return subprocess.run(
+        [str(FACESR_SCRIPT), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+def _run_main(monkeypatch: pytest.MonkeyPatch, *args: str) -> int:
+    """Call `main()` with `facesr ARGS` as the command line; returns its exit status."""
+    from facesr.service import cli
+
+    monkeypatch.setattr(sys, "argv", ["facesr", *args])
+    with pytest.raises(SystemExit) as exited:
+        cli.main()
+    code = exited.value.code
+    return code if isinstance(code, int) else 0 if code is None else 1
+
+
+def _one_usage_line(stderr: str, command: str) -> str:
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("error: ") and lines[0].endswith(f" (see {command} --help)"), stderr
+    assert "Traceback" not in stderr and "Usage:" not in stderr
+    return lines[0]
+
+
+def test_a_usage_error_from_the_console_script_is_one_line(tmp_path: Path) -> None:
+    result = _run_script("enhance", "face.png", "-o", "out", "--fit", "stretch", cwd=tmp_path)
+
+    assert result.returncode == CONFIG_ERROR, result.stderr
+    assert "--fit" in _one_usage_line(result.stderr, "facesr enhance") and "stretch" in result.stderr
+    assert result.stdout == "" and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "command", "complaint"),
+    [
+        (["enhance", "face.png"], "facesr enhance", "'--output' / '-o'"),  # a required option is missing
+        (["enhance", "-o", "out"], "facesr enhance", "'inputs'"),  # a required argument is missing
+        (["enhance", "face.png", "-o", "out", "--no-such"], "facesr enhance", "--no-such"),
+        (["enhance", "face.png", "-o", "out", "--batch-size", "0"], "facesr enhance", "--batch-size"),
+        (["serve", "--port", "eighty"], "facesr serve", "--port"),
+        (["no-such-command"], "facesr", "no-such-command"),
+        (["--no-such-option"], "facesr", "--no-such-option"),
+    ],
+)
+def test_usage_errors_are_one_line_with_status_2(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    args: list[str],
+    command: str,
+    complaint: str,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+
+    assert _run_main(monkeypatch, *args) == CONFIG_ERROR
+    captured = capsys.readouterr()
+    assert complaint in _one_usage_line(captured.err, command)
+    assert captured.out == "" and list(tmp_path.iterdir()) == []
+
+
+def test_facesr_alone_prints_the_help(tmp_path: Path) -> None:
+    result = _run_script(cwd=tmp_path)
+
+    assert result.returncode == CONFIG_ERROR  # click's status for `no_args_is_help`, as before
+    assert "Usage: facesr" in result.stdout and "enhance" in result.stdout and "serve" in result.stdout
+    assert "error" not in result.stderr.lower() and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("args", [["--help"], ["serve", "--help"], ["enhance", "--help"]])
+def test_help_exits_0(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], args: list[str]
+) -> None:
+    assert _run_main(monkeypatch, *args) == 0
+    captured = capsys.readouterr()
+    assert f"Usage: facesr {args[0] if len(args) > 1 else ''}".strip() in captured.out
+    assert captured.err == ""
+
+
+def test_version_from_the_console_script(tmp_path: Path) -> None:
+    from importlib.metadata import version
+
+    result = _run_script("--version", cwd=tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"facesr {version('facesr')}" and result.stderr == ""
+
+
+def test_a_command_exit_status_is_kept(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`typer.Exit(2)` from a configuration refusal stays 2, with the command's own message."""
+    for name in list(os.environ):
+        if name.upper().startswith("FACESR_") and name.upper() != "FACESR_SHARED_DIR":
+            monkeypatch.delenv(name)
+
+    assert _run_main(monkeypatch, "worker") == CONFIG_ERROR
+    captured = capsys.readouterr()
+    assert "FACESR_REDIS_URL" in captured.err and "--help" not in captured.err
+
+
+def test_ctrl_c_before_a_command_runs_exits_130_quietly(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from facesr.service import cli
+
+    def interrupted(*_args: object, **_kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "app", interrupted)
+
+    assert _run_main(monkeypatch, "--help") == 130
+    assert "Traceback" not in capsys.readouterr().err
