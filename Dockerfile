@@ -53,6 +53,7 @@ RUN --mount=type=cache,target=/root/.cache/pip \
 # which the API does not read; splitting the package for that is not worth it.
 COPY model ./model
 COPY service ./service
+COPY client ./client
 RUN --mount=type=cache,target=/root/.cache/pip \
     pip install --no-deps . \
     && pip check
@@ -152,6 +153,7 @@ RUN --mount=type=cache,target=/root/.cache/pip \
 # The package itself, not editable: the bundled checkpoint travels inside site-packages as package data.
 COPY model ./model
 COPY service ./service
+COPY client ./client
 RUN --mount=type=cache,target=/root/.cache/pip \
     pip install --no-deps . \
     && pip check \
