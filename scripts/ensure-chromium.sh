@@ -14,7 +14,7 @@ if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
 fi
 cat >&2 <<'MSG'
 Install it, then run `make test` again:
-  Debian/Ubuntu: sudo apt-get install chromium chromium-driver   (or run this script as root)
+  Debian: sudo apt-get install chromium chromium-driver   (or run this script as root)
   elsewhere:     install Chromium and point FACESR_CHROMIUM at its binary
 Without it, run the other tests directly: .venv/bin/pytest -m "not browser"
 MSG
