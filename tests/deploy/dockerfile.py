@@ -7,7 +7,7 @@ dropped and continuation lines joined; heredocs and parser directives other than
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 _VARIABLE = re.compile(r"\$\{(\w+)\}|\$(\w+)")
@@ -78,10 +78,26 @@ class Stage:
         return dict(arg_default(arguments) for arguments in self.arguments("ARG"))
 
 
+_DIRECTIVE = re.compile(r"#\s*([A-Za-z]+)\s*=\s*(\S.*?)\s*$")
+
+
+def directives(text: str) -> dict[str, str]:
+    """The parser directives (``# syntax=...``, ``# escape=...``): the ``# key=value`` lines at the very top.
+    Docker reads them only there; after the first other line they are ordinary comments."""
+    found: dict[str, str] = {}
+    for line in text.splitlines():
+        match = _DIRECTIVE.fullmatch(line)
+        if match is None:
+            break
+        found[match.group(1).lower()] = match.group(2)
+    return found
+
+
 @dataclass(frozen=True)
 class Dockerfile:
     global_args: dict[str, str | None]
     stages: tuple[Stage, ...]
+    directives: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def parse(cls, text: str) -> Dockerfile:
@@ -97,7 +113,11 @@ class Dockerfile:
             elif keyword == "ARG":
                 name, default = arg_default(arguments)
                 global_args[name] = default
-        return cls(global_args, tuple(Stage(name, base, tuple(body)) for name, base, body in stages))
+        return cls(
+            global_args,
+            tuple(Stage(name, base, tuple(body)) for name, base, body in stages),
+            directives(text),
+        )
 
     @cached_property
     def names(self) -> list[str]:

@@ -38,6 +38,13 @@ PYTHON_SLIM_IMAGE = re.compile(r"python:3\.\d+\.\d+-slim-[a-z]+")
 CUDA_IMAGE = re.compile(r"nvidia/cuda:\d+\.\d+\.\d+-(base|runtime)-ubuntu\d+\.\d+")
 # What installs torch or the model's dependencies; none of it may appear in the API's stages.
 MODEL_INSTALL_MARKERS = ("torch", "safetensors", "TORCH_INDEX_URL", "download.pytorch.org", "[model", "cuda")
+# The build arguments that name each target's base image; their defaults are the real images.
+BASE_IMAGE_ARGS = {"api": "PYTHON_IMAGE", "worker": "CUDA_BASE_IMAGE"}
+# An extra CA bundle for pip (TLS-inspecting proxies): a BuildKit secret, mounted for the pip steps only.
+CA_SECRET = "ca"
+CA_SECRET_PATH = f"/run/secrets/{CA_SECRET}"
+# Variables that would point a tool at a CA bundle if they stayed in an image's environment.
+CA_VARIABLES = ("PIP_CERT", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE", "CURL_CA_BUNDLE")
 
 
 def image_repository(image: str) -> str:
@@ -72,6 +79,84 @@ def torch_absence_check(stage: Stage) -> str | None:
 
 
 # --- the Dockerfile ---------------------------------------------------------------------------------------
+def _trusts_the_ca_secret(run: str) -> bool:
+    """The RUN mounts the secret `ca` and points pip at it only when it was given (else pip's own CAs)."""
+    mounted = re.search(rf"--mount=type=secret,id={CA_SECRET}(,|\s)", run) is not None
+    conditional = re.search(rf"if \[ -s {CA_SECRET_PATH} \]; then export PIP_CERT={CA_SECRET_PATH}\b", run)
+    return mounted and conditional is not None
+
+
+def directive_problems(dockerfile: Dockerfile) -> list[str]:
+    """No `# syntax=` line: it makes every build pull a frontend image from Docker Hub (offline builds
+    and air-gapped mirrors fail); the frontend built into the engine reads this file."""
+    if "syntax" in dockerfile.directives:
+        return [
+            f"parser directive `# syntax={dockerfile.directives['syntax']}`: every build would pull that "
+            "frontend image from a registry; use the engine's built-in frontend"
+        ]
+    return []
+
+
+def ca_problems(dockerfile: Dockerfile) -> list[str]:
+    """No CA bundle in an image: nothing sets a CA variable with ENV, and no stage copies a certificate."""
+    problems = []
+    for stage in dockerfile.stages:
+        for arguments in stage.arguments("ENV") + stage.arguments("ARG"):
+            for name in CA_VARIABLES:
+                if re.search(rf"\b{name}\b", arguments):
+                    problems.append(
+                        f"stage {stage.name}: {name} set by ENV/ARG; set it inside the RUN that mounts "
+                        f"the secret `{CA_SECRET}` only"
+                    )
+        for arguments in stage.arguments("COPY") + stage.arguments("ADD"):
+            if re.search(r"\.(crt|pem)\b|ca-certificates|cacert", arguments):
+                problems.append(f"stage {stage.name}: copies a certificate into the image: {arguments}")
+    return problems
+
+
+def package_copy_problems(dockerfile: Dockerfile, package_dirs: dict[str, str]) -> list[str]:
+    """Every builder that installs the package (`pip install --no-deps .`) first copies every folder that
+    pyproject.toml's [tool.setuptools.package-dir] maps a package to, or that install fails."""
+    folders = sorted({path.split("/", 1)[0] for path in package_dirs.values()})
+    problems = []
+    for stage in dockerfile.stages:
+        install = next(
+            (
+                i
+                for i, (kw, a) in enumerate(stage.instructions)
+                if kw == "RUN" and "pip install --no-deps ." in a
+            ),
+            None,
+        )
+        if install is None:
+            continue
+        copied = {
+            arguments.split()[0]
+            for kw, arguments in stage.instructions[:install]
+            if kw == "COPY" and not arguments.startswith("--")
+        }
+        for folder in folders:
+            if folder not in copied and f"{folder}/" not in copied:
+                problems.append(
+                    f"stage {stage.name}: does not copy {folder}/ (pyproject.toml package-dir) before "
+                    "`pip install --no-deps .`"
+                )
+    return problems
+
+
+def _base_arg_problems(dockerfile: Dockerfile, role: Role) -> list[str]:
+    """Each stage of a target starts from the target's base-image build argument, never a literal image,
+    so that a mirror or a local base can stand in (`--build-arg PYTHON_IMAGE=...`)."""
+    arg = BASE_IMAGE_ARGS[role.target]
+    problems = []
+    if not dockerfile.global_args.get(arg):
+        problems.append(f"{role.target} target: no global ARG {arg} with the real base image as default")
+    for stage in dockerfile.target(role.target):
+        if stage.base not in {f"${{{arg}}}", f"${arg}"}:
+            problems.append(f"{role.target} target, stage {stage.name}: FROM {stage.base}, not ${{{arg}}}")
+    return problems
+
+
 def _builder_problems(role: Role, builder: Stage) -> list[str]:
     """The builder of a target: dependency layer from pyproject.toml before the code, pip cache mounts."""
     problems = []
@@ -95,6 +180,11 @@ def _builder_problems(role: Role, builder: Stage) -> list[str]:
     for run in builder.runs:
         if re.search(r"\bpip install\b", run) and "--mount=type=cache,target=/root/.cache/pip" not in run:
             problems.append(f"{where}: a pip install without the pip cache mount: {run[:80]}")
+        if re.search(r"\bpip install\b", run) and not _trusts_the_ca_secret(run):
+            problems.append(
+                f"{where}: a pip install without the CA secret mount "
+                f"(--mount=type=secret,id={CA_SECRET} and PIP_CERT={CA_SECRET_PATH} when given): {run[:80]}"
+            )
     if not any(re.search(r"\bpip install --no-deps \.", run) for run in builder.runs):
         problems.append(f"{where}: the package itself is not installed (pip install --no-deps .)")
     return problems
@@ -140,7 +230,7 @@ def api_target_problems(dockerfile: Dockerfile) -> list[str]:
         stages = dockerfile.target(API.target)
     except KeyError as error:
         return [str(error)]
-    problems = _runtime_problems(dockerfile, API)
+    problems = _runtime_problems(dockerfile, API) + _base_arg_problems(dockerfile, API)
     builders = [stage for stage in stages[:-1] if _pip_installs(stage)]
     if not builders:
         problems.append("api target: no builder stage installs anything")
@@ -169,7 +259,7 @@ def worker_target_problems(dockerfile: Dockerfile) -> list[str]:
         stages = dockerfile.target(WORKER.target)
     except KeyError as error:
         return [str(error)]
-    problems = _runtime_problems(dockerfile, WORKER)
+    problems = _runtime_problems(dockerfile, WORKER) + _base_arg_problems(dockerfile, WORKER)
     for stage in stages:
         image = dockerfile.image(stage)
         if not CUDA_IMAGE.fullmatch(image):
@@ -198,8 +288,16 @@ def worker_target_problems(dockerfile: Dockerfile) -> list[str]:
     return problems
 
 
-def dockerfile_problems(dockerfile: Dockerfile) -> list[str]:
-    return api_target_problems(dockerfile) + worker_target_problems(dockerfile)
+def dockerfile_problems(dockerfile: Dockerfile, package_dirs: dict[str, str] | None = None) -> list[str]:
+    problems = (
+        directive_problems(dockerfile)
+        + ca_problems(dockerfile)
+        + api_target_problems(dockerfile)
+        + worker_target_problems(dockerfile)
+    )
+    if package_dirs is not None:
+        problems += package_copy_problems(dockerfile, package_dirs)
+    return problems
 
 
 # --- compose and Kubernetes -------------------------------------------------------------------------------

@@ -37,6 +37,11 @@ KEDA_SCHEMA = Path(__file__).resolve().parent / "schemas" / "keda-scaledobject.s
 DOCKER_DIR = DEPLOY_DIR / "docker"
 HEALTHCHECK_SCRIPT = DOCKER_DIR / "healthcheck.py"
 REQUIREMENTS_SCRIPT = DOCKER_DIR / "requirements.py"
+# The CPU smoke test of the compose stack (scripts/compose-smoke.sh, `make compose-smoke`).
+CPU_OVERRIDE = DEPLOY_DIR / "compose.cpu.yml"
+SMOKE_DIR = DEPLOY_DIR / "smoke"
+SMOKE_SCRIPT = REPO_ROOT / "scripts" / "compose-smoke.sh"
+MAKEFILE = REPO_ROOT / "Makefile"
 
 
 @dataclass(frozen=True)
@@ -74,6 +79,38 @@ def load_script(path: Path) -> ModuleType:
 
 def compose() -> dict[str, Any]:
     return load_yaml(COMPOSE_FILE)
+
+
+@dataclass(frozen=True)
+class ComposeTag:
+    """A Compose merge tag in an override file: ``!reset`` (drop the value) or ``!override`` (replace it)."""
+
+    tag: str
+    value: Any
+
+
+class _OverrideLoader(yaml.SafeLoader):
+    """PyYAML's safe loader plus Compose's merge tags, kept as ComposeTag values."""
+
+
+def _compose_tag(loader: yaml.SafeLoader, node: yaml.Node) -> ComposeTag:
+    if isinstance(node, yaml.MappingNode):
+        value: Any = loader.construct_mapping(node, deep=True)
+    elif isinstance(node, yaml.SequenceNode):
+        value = loader.construct_sequence(node, deep=True)
+    else:
+        value = loader.construct_scalar(node)  # type: ignore[arg-type]
+    return ComposeTag(node.tag, value)
+
+
+_OverrideLoader.add_constructor("!reset", _compose_tag)
+_OverrideLoader.add_constructor("!override", _compose_tag)
+
+
+def compose_override(path: Path = CPU_OVERRIDE) -> dict[str, Any]:
+    """A compose override file, its ``!reset`` / ``!override`` values as ComposeTag."""
+    with path.open(encoding="utf-8") as handle:
+        return yaml.load(handle, Loader=_OverrideLoader)
 
 
 def kustomization() -> dict[str, Any]:

@@ -20,10 +20,14 @@ from tests.deploy import sources
 from tests.deploy.dockerfile import Dockerfile
 from tests.deploy.images import (
     API,
+    BASE_IMAGE_ARGS,
     ROLES,
     WORKER,
     api_target_problems,
+    ca_problems,
+    directive_problems,
     dockerfile_problems,
+    package_copy_problems,
     torch_absence_check,
     worker_target_problems,
 )
@@ -34,12 +38,22 @@ def dockerfile() -> Dockerfile:
     return sources.dockerfile()
 
 
+def _pyproject() -> dict[str, Any]:
+    tomllib = pytest.importorskip("tomllib")
+    with sources.PYPROJECT.open("rb") as handle:
+        return tomllib.load(handle)
+
+
 @pytest.fixture(scope="module")
 def project() -> dict[str, Any]:
     """The [project] table of pyproject.toml (tomllib: Python 3.11+, as in both images)."""
-    tomllib = pytest.importorskip("tomllib")
-    with sources.PYPROJECT.open("rb") as handle:
-        return tomllib.load(handle)["project"]
+    return _pyproject()["project"]
+
+
+@pytest.fixture(scope="module")
+def package_dirs() -> dict[str, str]:
+    """[tool.setuptools.package-dir]: import package -> folder of the repository."""
+    return _pyproject()["tool"]["setuptools"]["package-dir"]
 
 
 def test_the_dockerfile_builds_an_api_and_a_worker_target(dockerfile: Dockerfile) -> None:
@@ -76,6 +90,50 @@ def test_base_images_and_torch_are_pinned(dockerfile: Dockerfile, project: dict[
         Requirement(r) for r in project["optional-dependencies"]["model"] if Requirement(r).name == "torch"
     ]
     assert torch.specifier.contains(torch_version), f"TORCH_VERSION {torch_version} is not {torch}"
+
+
+def test_no_parser_directive_pulls_a_frontend(dockerfile: Dockerfile) -> None:
+    """`# syntax=docker/dockerfile:...` would pull a frontend image from Docker Hub at every build."""
+    assert not directive_problems(dockerfile), directive_problems(dockerfile)
+    assert not sources.DOCKERFILE.read_text(encoding="utf-8").lstrip().startswith("# syntax")
+
+
+def test_base_images_are_build_arguments_with_the_real_defaults(dockerfile: Dockerfile) -> None:
+    """A mirror or a locally made base can stand in (`--build-arg`), the defaults stay the real images."""
+    assert {API.target: "PYTHON_IMAGE", WORKER.target: "CUDA_BASE_IMAGE"} == BASE_IMAGE_ARGS
+    for target, arg in BASE_IMAGE_ARGS.items():
+        for stage in dockerfile.target(target):
+            assert stage.base == f"${{{arg}}}", (target, stage.name, stage.base)
+    assert (dockerfile.global_args["PYTHON_IMAGE"] or "").startswith("python:")
+    assert (dockerfile.global_args["CUDA_BASE_IMAGE"] or "").startswith("nvidia/cuda:")
+
+
+def test_the_extra_ca_bundle_is_a_build_secret_only(dockerfile: Dockerfile) -> None:
+    """Every pip step can trust an extra CA bundle (secret `ca`), and nothing keeps it in an image."""
+    assert not ca_problems(dockerfile), ca_problems(dockerfile)
+    pip_runs = [run for stage in dockerfile.stages for run in stage.runs if "pip install" in run]
+    assert len(pip_runs) >= 5, pip_runs
+    for run in pip_runs:
+        assert "--mount=type=secret,id=ca" in run, run
+
+
+def test_every_package_folder_is_copied_into_the_builders(
+    dockerfile: Dockerfile, package_dirs: dict[str, str]
+) -> None:
+    """`pip install .` needs every folder pyproject.toml maps a package to (model/, service/, client/ ...),
+    in the build context and copied by each builder."""
+    assert not package_copy_problems(dockerfile, package_dirs), package_copy_problems(
+        dockerfile, package_dirs
+    )
+    folders = {path.split("/", 1)[0] for path in package_dirs.values()}
+    whitelisted = {
+        line.strip()[1:]
+        for line in sources.DOCKERIGNORE.read_text(encoding="utf-8").splitlines()
+        if line.strip().startswith("!")
+    }
+    assert folders <= whitelisted, f".dockerignore leaves out {sorted(folders - whitelisted)}"
+    for folder in folders:
+        assert (sources.REPO_ROOT / folder).is_dir(), folder
 
 
 def test_both_images_run_the_same_python_minor_version(dockerfile: Dockerfile) -> None:
@@ -127,11 +185,44 @@ MUTATIONS: dict[str, tuple[Callable[[str], str], str]] = {
     "no api target": (lambda t: t.replace(" AS api\n", " AS server\n"), "no stage 'api'"),
     "code copied before the dependencies": (_move_code_before_dependencies, "before copying the code"),
     "pip without its cache": (
-        lambda t: t.replace(
-            "RUN --mount=type=cache,target=/root/.cache/pip \\\n    python requirements.py api",
-            "RUN python requirements.py api",
-        ),
+        lambda t: t.replace("RUN --mount=type=cache,target=/root/.cache/pip \\\n", "RUN \\\n", 1),
         "without the pip cache mount",
+    ),
+    "pip without the CA secret": (
+        lambda t: t.replace("    --mount=type=secret,id=ca \\\n", "", 1),
+        "without the CA secret mount",
+    ),
+    "CA bundle kept in the environment": (
+        lambda t: t.replace(
+            "ENV PIP_DISABLE_PIP_VERSION_CHECK=1\n",
+            "ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_CERT=/etc/ssl/proxy.pem\n",
+            1,
+        ),
+        "PIP_CERT set by ENV/ARG",
+    ),
+    "CA bundle copied into the image": (
+        lambda t: t.replace(
+            "COPY --from=api-builder", "COPY proxy-ca.crt /etc/ssl/proxy.crt\nCOPY --from=api-builder", 1
+        ),
+        "copies a certificate",
+    ),
+    "frontend pulled by a syntax line": (
+        lambda t: "# syntax=docker/dockerfile:1.7\n" + t,
+        "parser directive",
+    ),
+    "api base image hard-coded": (
+        lambda t: t.replace("FROM ${PYTHON_IMAGE} AS api\n", "FROM python:3.12.11-slim-bookworm AS api\n"),
+        "not ${PYTHON_IMAGE}",
+    ),
+    "worker base image hard-coded": (
+        lambda t: t.replace(
+            "FROM ${CUDA_BASE_IMAGE} AS worker\n", "FROM nvidia/cuda:13.0.1-base-ubuntu24.04 AS worker\n"
+        ),
+        "not ${CUDA_BASE_IMAGE}",
+    ),
+    "client folder not copied": (
+        lambda t: t.replace("COPY client ./client\n", "", 1),
+        "does not copy client/",
     ),
     "worker torch from the default index": (
         lambda t: t.replace(' --index-url "${TORCH_INDEX_URL}"', ""),
@@ -155,13 +246,18 @@ MUTATIONS: dict[str, tuple[Callable[[str], str], str]] = {
 }
 
 
+def test_the_real_dockerfile_has_no_problems(package_dirs: dict[str, str]) -> None:
+    problems = dockerfile_problems(sources.dockerfile(), package_dirs)
+    assert not problems, "\n".join(problems)
+
+
 @pytest.mark.parametrize("mutation", list(MUTATIONS))
-def test_the_dockerfile_checks_catch_mistakes(mutation: str) -> None:
+def test_the_dockerfile_checks_catch_mistakes(mutation: str, package_dirs: dict[str, str]) -> None:
     change, expected = MUTATIONS[mutation]
     original = sources.DOCKERFILE.read_text(encoding="utf-8")
     mutated = change(original)
     assert mutated != original, f"mutation {mutation!r} no longer applies to the Dockerfile"
-    problems = dockerfile_problems(Dockerfile.parse(mutated))
+    problems = dockerfile_problems(Dockerfile.parse(mutated), package_dirs)
     assert any(expected in problem for problem in problems), f"{expected!r} not in {problems}"
 
 
@@ -198,7 +294,7 @@ def test_build_context_is_a_whitelist() -> None:
     ]
     assert patterns[0] == "*", "exclude everything first, then name what the build needs"
     included = {pattern[1:] for pattern in patterns if pattern.startswith("!")}
-    assert {"pyproject.toml", "README.md", "model", "service", "deploy/docker"} <= included
+    assert {"pyproject.toml", "README.md", "model", "service", "client", "deploy/docker"} <= included
     assert not included & {".venv", ".git", ".cache", "tests", "runs", "data"}
     for stage in sources.dockerfile().stages:
         for arguments in stage.arguments("COPY"):
