@@ -19,13 +19,15 @@
 # frontend image is pulled from Docker Hub. The base images are build arguments: a mirror or a locally made
 # Debian-like base (python3, python3-venv and apt) can stand in (scripts/compose-smoke.sh does that).
 #
-# Behind a TLS-inspecting proxy, give pip the CA bundle to trust as the BuildKit secret `ca` (a whole
-# bundle: the usual public CAs plus the proxy's, e.g. the host's /etc/ssl/certs/ca-certificates.crt):
+# Behind a TLS-inspecting proxy, give pip and apt the CA bundle to trust as the BuildKit secret `ca` (a
+# whole bundle: the usual public CAs plus the proxy's, e.g. the host's /etc/ssl/certs/ca-certificates.crt):
 #
 #   docker build --secret id=ca,src=/etc/ssl/certs/ca-certificates.crt --target api -t facesr-api:<tag> .
 #
-# It is mounted at /run/secrets/ca for the pip steps only (PIP_CERT is set inside those RUNs) and never
-# lands in a layer of any stage; without the secret pip uses its own CA bundle, as before.
+# It is mounted at /run/secrets/ca for the pip and apt steps only (PIP_CERT is set inside those RUNs, apt
+# gets `-o Acquire::https::CAInfo=/run/secrets/ca` on its command line; the mount is world-readable because
+# apt downloads as the user _apt) and never lands in a layer of any stage; without the secret pip and apt use
+# their own CAs, as before.
 
 # Official Python image, Debian slim; the full tag pins the Python patch release and the Debian release.
 ARG PYTHON_IMAGE=python:3.12.11-slim-bookworm
@@ -82,10 +84,13 @@ FROM ${PYTHON_IMAGE} AS api
 
 ARG DEBIAN_FRONTEND=noninteractive
 
-# tini from Debian; not pinned, for the same reason as in the worker below.
+# tini from Debian; not pinned, for the same reason as in the worker below. The CA secret, when given, goes
+# to apt on the command line only (`set --` makes it the arguments "$@" of both apt-get calls).
 # hadolint ignore=DL3008
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends tini \
+RUN --mount=type=secret,id=ca,required=false,mode=0444 \
+    if [ -s /run/secrets/ca ]; then set -- -o Acquire::https::CAInfo=/run/secrets/ca; fi \
+    && apt-get "$@" update \
+    && apt-get "$@" install -y --no-install-recommends tini \
     && rm -rf /var/lib/apt/lists/* \
     && groupadd --system --gid 10001 facesr \
     && useradd --system --uid 10001 --gid facesr --home-dir /home/facesr --create-home \
@@ -145,9 +150,12 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1
 # Ubuntu's own python3 (3.12 on 24.04), so the runtime stage below has the identical interpreter.
 # Distribution package versions are not pinned: the base image tag pins the release and security updates
 # should flow in on rebuild.
+# The CUDA image's own apt source is HTTPS: the CA secret, when given, goes to apt as in the api stage.
 # hadolint ignore=DL3008
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3 python3-venv \
+RUN --mount=type=secret,id=ca,required=false,mode=0444 \
+    if [ -s /run/secrets/ca ]; then set -- -o Acquire::https::CAInfo=/run/secrets/ca; fi \
+    && apt-get "$@" update \
+    && apt-get "$@" install -y --no-install-recommends python3 python3-venv \
     && rm -rf /var/lib/apt/lists/*
 
 RUN python3 -m venv /opt/venv
@@ -194,8 +202,10 @@ FROM ${CUDA_BASE_IMAGE} AS worker
 ARG DEBIAN_FRONTEND=noninteractive
 
 # hadolint ignore=DL3008
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3 tini \
+RUN --mount=type=secret,id=ca,required=false,mode=0444 \
+    if [ -s /run/secrets/ca ]; then set -- -o Acquire::https::CAInfo=/run/secrets/ca; fi \
+    && apt-get "$@" update \
+    && apt-get "$@" install -y --no-install-recommends python3 tini \
     && rm -rf /var/lib/apt/lists/* \
     && groupadd --system --gid 10001 facesr \
     && useradd --system --uid 10001 --gid facesr --home-dir /home/facesr --create-home \

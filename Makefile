@@ -50,7 +50,8 @@ check-deploy: venv
 compose-smoke:
 	scripts/compose-smoke.sh
 
-ci: test lint check-deploy
+# What CI runs (.ci/run, which goes on after a failure and bounds the smoke test with a timeout).
+ci: test lint check-deploy compose-smoke
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

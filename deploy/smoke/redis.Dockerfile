@@ -3,6 +3,8 @@
 #
 #   docker build -f deploy/smoke/redis.Dockerfile --build-arg BASE_IMAGE=<debian image> deploy/smoke
 #
+# apt trusts the BuildKit secret `ca` when it is given (--secret id=ca,src=<CA bundle>), as in the Dockerfile.
+#
 # The compose service's `command` (redis-server --maxmemory ...) runs unchanged through the entrypoint;
 # the healthcheck's `redis-cli ping` comes with the redis-tools package.
 ARG BASE_IMAGE=debian:bookworm-slim
@@ -11,8 +13,10 @@ FROM ${BASE_IMAGE}
 ARG DEBIAN_FRONTEND=noninteractive
 # Distribution packages are not pinned: the base image pins the Debian release.
 # hadolint ignore=DL3008
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends redis-server \
+RUN --mount=type=secret,id=ca,required=false,mode=0444 \
+    if [ -s /run/secrets/ca ]; then set -- -o Acquire::https::CAInfo=/run/secrets/ca; fi \
+    && apt-get "$@" update \
+    && apt-get "$@" install -y --no-install-recommends redis-server \
     && rm -rf /var/lib/apt/lists/*
 
 COPY --chmod=0755 redis-entrypoint.sh /usr/local/bin/redis-entrypoint

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Checks of the running compose stack for scripts/compose-smoke.sh (standard library only).
+"""Checks of the running compose stack for scripts/compose-smoke.sh, and the Debian mirror it builds its
+local base from (standard library only).
 
   smoke_check.py faces URL DIR [--count N] [--concurrency C] [--size 128]
       POST N faces from DIR (image files, cycled) to URL/v1/super-resolve, C at a time; each answer must
@@ -9,8 +10,16 @@
   smoke_check.py rules PROMETHEUS_URL [--timeout S]
       Prometheus' /api/v1/rules: wait until the alert rules are loaded and each has been evaluated without
       an error (health "ok") on the stack's real series.
-  smoke_check.py batches PROMETHEUS_URL --job JOB --instances N [--timeout S]
-      Wait until N distinct targets of JOB report facesr_batches_total > 0 (each worker took jobs).
+  smoke_check.py batches PROMETHEUS_URL --job JOB --save FILE [--timeout S]
+      Wait for a scrape of every target of JOB made after this command started, and write each target's
+      facesr_batches_total to FILE (JSON): the baseline of the next form.
+  smoke_check.py batches PROMETHEUS_URL --job JOB --instances N [--baseline FILE] [--timeout S]
+      Wait until N distinct targets of JOB report more facesr_batches_total than in FILE (a target missing
+      from FILE: more than 0), i.e. each worker took jobs since the baseline.
+  smoke_check.py debian-mirror [--suite bookworm] [--apt-dir /etc/apt]
+      Print "MIRROR SECURITY_MIRROR": the first Debian entries of the apt sources (deb822 and one-line) for
+      SUITE with the component main, and for SUITE-security (no trailing slash). Entries of other
+      repositories (Docker's, another distribution's) do not qualify: they lack SUITE or main.
 
 Prints what it saw; exit status 0 when the check passed, 1 when it failed (or timed out), 2 on bad usage.
 """
@@ -19,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import struct
 import sys
 import time
@@ -162,17 +172,132 @@ def check_rules(args: argparse.Namespace) -> int:
     return poll("rules", args.timeout, attempt)
 
 
+def query_by_instance(prometheus: str, expression: str) -> dict[str, float]:
+    """An instant query's value for each ``instance`` label."""
+    query = urllib.parse.quote(expression)
+    result = get_json(f"{prometheus.rstrip('/')}/api/v1/query?query={query}")["data"]["result"]
+    return {r["metric"]["instance"]: float(r["value"][1]) for r in result}
+
+
 def check_batches(args: argparse.Namespace) -> int:
-    query = urllib.parse.quote(f'facesr_batches_total{{job="{args.job}"}}')
+    series = f'facesr_batches_total{{job="{args.job}"}}'
+    if args.save:
+        return save_batches(args, series)
+    baseline: dict[str, float] = {}
+    if args.baseline:
+        baseline = json.loads(Path(args.baseline).read_text(encoding="utf-8"))
 
     def attempt() -> tuple[bool, str]:
-        result = get_json(f"{args.prometheus.rstrip('/')}/api/v1/query?query={query}")["data"]["result"]
-        counts = {r["metric"]["instance"]: float(r["value"][1]) for r in result}
-        state = ", ".join(f"{instance} {value:.0f} batches" for instance, value in sorted(counts.items()))
-        busy = [instance for instance, value in counts.items() if value > 0]
-        return len(busy) >= args.instances, state or "no series yet"
+        counts = query_by_instance(args.prometheus, series)
+        state = ", ".join(
+            f"{instance} {value:.0f} batches (before: {baseline.get(instance, 0):.0f})"
+            for instance, value in sorted(counts.items())
+        )
+        grown = [instance for instance, value in counts.items() if value > baseline.get(instance, 0.0)]
+        return len(grown) >= args.instances, state or "no series yet"
 
     return poll("batches", args.timeout, attempt)
+
+
+def save_batches(args: argparse.Namespace, series: str) -> int:
+    """The baseline: each target's count from a scrape made after ``started`` (a sample scraped earlier may
+    miss batches that were already answered)."""
+    started = time.time()
+    saved: dict[str, float] = {}
+
+    def attempt() -> tuple[bool, str]:
+        scraped = query_by_instance(args.prometheus, f"timestamp({series})")
+        counts = query_by_instance(args.prometheus, series)
+        stale = sorted(instance for instance, at in scraped.items() if at < started)
+        saved.clear()
+        saved.update(counts)
+        state = ", ".join(f"{instance} {value:.0f} batches" for instance, value in sorted(counts.items()))
+        if stale:
+            state += f"; waiting for a new scrape of {', '.join(stale)}"
+        return bool(counts) and not stale and set(scraped) == set(counts), state or "no series yet"
+
+    status = poll("batches baseline", args.timeout, attempt)
+    if status == 0:
+        Path(args.save).write_text(json.dumps(saved, sort_keys=True), encoding="utf-8")
+    return status
+
+
+# --- the host's Debian mirror ------------------------------------------------------------------------------
+DEFAULT_MIRROR = "http://deb.debian.org/debian"
+AptEntry = tuple[list[str], list[str], list[str], list[str]]  # types, URIs, suites, components
+
+
+def _one_line_entries(text: str) -> list[AptEntry]:
+    """``deb [options] URI SUITE COMPONENT...`` lines (sources.list, sources.list.d/*.list)."""
+    entries: list[AptEntry] = []
+    for raw in text.splitlines():
+        words = raw.split("#", 1)[0].split()
+        if len(words) < 3:
+            continue
+        kind, rest = words[0], words[1:]
+        if rest[0].startswith("["):  # options, possibly several words: [arch=amd64 signed-by=...]
+            while rest and not rest[0].endswith("]"):
+                rest = rest[1:]
+            rest = rest[1:]
+        if len(rest) >= 2:
+            entries.append(([kind], [rest[0]], [rest[1]], rest[2:]))
+    return entries
+
+
+def _deb822_entries(text: str) -> list[AptEntry]:
+    """The enabled stanzas of a deb822 file (sources.list.d/*.sources)."""
+    entries: list[AptEntry] = []
+    for stanza in re.split(r"\n[ \t]*\n", text):
+        fields: dict[str, str] = {}
+        key = ""
+        for raw in stanza.splitlines():
+            if raw.startswith("#") or not raw.strip():
+                continue
+            if raw[0].isspace() and key:  # a continuation line
+                fields[key] += " " + raw.strip()
+            elif ":" in raw:
+                key, value = raw.split(":", 1)
+                key = key.strip().lower()
+                fields[key] = value.strip()
+        if fields.get("enabled", "yes").lower() != "no":
+            types, uris, suites, components = (
+                fields.get(name, "").split() for name in ("types", "uris", "suites", "components")
+            )
+            entries.append((types, uris, suites, components))
+    return entries
+
+
+def apt_entries(apt_dir: Path) -> list[AptEntry]:
+    """Every enabled entry of the apt sources under ``apt_dir``, in apt's order."""
+    entries = []
+    for path in [apt_dir / "sources.list", *sorted((apt_dir / "sources.list.d").glob("*.list"))]:
+        if path.is_file():
+            entries += _one_line_entries(path.read_text(encoding="utf-8", errors="replace"))
+    for path in sorted((apt_dir / "sources.list.d").glob("*.sources")):
+        entries += _deb822_entries(path.read_text(encoding="utf-8", errors="replace"))
+    return entries
+
+
+def debian_mirrors(apt_dir: Path, suite: str) -> tuple[str, str]:
+    """(mirror, security mirror) of ``suite`` in the apt sources; Debian's own where there is none."""
+    mirror = security = ""
+    for types, uris, suites, components in apt_entries(apt_dir):
+        if "deb" not in types or not uris or "main" not in components:
+            continue
+        if not mirror and suite in suites:
+            mirror = uris[0].rstrip("/")
+        if not security and f"{suite}-security" in suites:
+            security = uris[0].rstrip("/")
+    mirror = mirror or DEFAULT_MIRROR
+    if not security:
+        root = mirror[: -len("/debian")] if mirror.endswith("/debian") else "http://deb.debian.org"
+        security = f"{root}/debian-security"
+    return mirror, security
+
+
+def print_debian_mirror(args: argparse.Namespace) -> int:
+    print(*debian_mirrors(Path(args.apt_dir), args.suite))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -199,8 +324,14 @@ def main(argv: list[str] | None = None) -> int:
     batches.add_argument("prometheus")
     batches.add_argument("--job", default="facesr-worker")
     batches.add_argument("--instances", type=int, default=2)
+    batches.add_argument("--baseline", metavar="FILE", help="counts before (from --save)")
+    batches.add_argument("--save", metavar="FILE", help="record the current counts instead of checking")
     batches.add_argument("--timeout", type=float, default=120.0)
     batches.set_defaults(run=check_batches)
+    mirror = commands.add_parser("debian-mirror")
+    mirror.add_argument("--suite", default="bookworm")
+    mirror.add_argument("--apt-dir", default="/etc/apt")
+    mirror.set_defaults(run=print_debian_mirror)
     args = parser.parse_args(argv)
     if any("=" not in item for item in getattr(args, "expect", [])):
         parser.error("--expect takes JOB=N")

@@ -86,6 +86,18 @@ def _trusts_the_ca_secret(run: str) -> bool:
     return mounted and conditional is not None
 
 
+def _apt_trusts_the_ca_secret(run: str) -> bool:
+    """The RUN mounts the secret `ca` readable by apt's download user (_apt) and gives it to apt on the
+    command line only when it was given (`set --` makes it the "$@" of every apt-get call): no apt.conf
+    file names it, so nothing of it stays in the layer."""
+    mounted = re.search(rf"--mount=type=secret,id={CA_SECRET},\S*\bmode=0?444\b", run) is not None
+    conditional = (
+        f"if [ -s {CA_SECRET_PATH} ]; then set -- -o Acquire::https::CAInfo={CA_SECRET_PATH}; fi" in run
+    )
+    calls = re.findall(r"\bapt-get\s+(\S+)", run)
+    return mounted and conditional and bool(calls) and all(first == '"$@"' for first in calls)
+
+
 def directive_problems(dockerfile: Dockerfile) -> list[str]:
     """No `# syntax=` line: it makes every build pull a frontend image from Docker Hub (offline builds
     and air-gapped mirrors fail); the frontend built into the engine reads this file."""
@@ -98,7 +110,8 @@ def directive_problems(dockerfile: Dockerfile) -> list[str]:
 
 
 def ca_problems(dockerfile: Dockerfile) -> list[str]:
-    """No CA bundle in an image: nothing sets a CA variable with ENV, and no stage copies a certificate."""
+    """No CA bundle in an image: nothing sets a CA variable with ENV, and no stage copies a certificate;
+    every apt step can trust the CA secret (the CUDA image's apt source is HTTPS)."""
     problems = []
     for stage in dockerfile.stages:
         for arguments in stage.arguments("ENV") + stage.arguments("ARG"):
@@ -111,6 +124,13 @@ def ca_problems(dockerfile: Dockerfile) -> list[str]:
         for arguments in stage.arguments("COPY") + stage.arguments("ADD"):
             if re.search(r"\.(crt|pem)\b|ca-certificates|cacert", arguments):
                 problems.append(f"stage {stage.name}: copies a certificate into the image: {arguments}")
+        for run in stage.runs:
+            if re.search(r"\bapt-get\b", run) and not _apt_trusts_the_ca_secret(run):
+                problems.append(
+                    f"stage {stage.name}: an apt-get step without the CA secret (--mount=type=secret,"
+                    f"id={CA_SECRET},mode=0444 and -o Acquire::https::CAInfo={CA_SECRET_PATH} when given): "
+                    f"{run[:80]}"
+                )
     return problems
 
 

@@ -192,6 +192,20 @@ MUTATIONS: dict[str, tuple[Callable[[str], str], str]] = {
         lambda t: t.replace("    --mount=type=secret,id=ca \\\n", "", 1),
         "without the CA secret mount",
     ),
+    "apt without the CA secret": (
+        lambda t: t.replace("RUN --mount=type=secret,id=ca,required=false,mode=0444 \\\n    if", "RUN if", 1),
+        "an apt-get step without the CA secret",
+    ),
+    "apt CA secret unreadable for _apt": (
+        lambda t: t.replace("id=ca,required=false,mode=0444", "id=ca,required=false", 1),
+        "an apt-get step without the CA secret",
+    ),
+    "apt without the CA option": (
+        lambda t: t.replace(
+            '&& apt-get "$@" install -y --no-install-recommends tini', "&& apt-get install -y tini", 1
+        ),
+        "an apt-get step without the CA secret",
+    ),
     "CA bundle kept in the environment": (
         lambda t: t.replace(
             "ENV PIP_DISABLE_PIP_VERSION_CHECK=1\n",
