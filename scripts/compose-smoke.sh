@@ -774,6 +774,27 @@ purge() {
   log "removed the smoke images and the contents of $CACHE_DIR"
   end_phase ok
 }
+# image_or_standin SERVICE VARIABLE STANDIN DESCRIPTION [BUILD-ARGS...]: export VARIABLE as the compose
+# file's image of SERVICE when it can be had, else build the stand-in deploy/smoke/SERVICE.Dockerfile on
+# the local base (with BUILD-ARGS, e.g. the CA secret).
+image_or_standin() {
+  local service="$1" variable="$2" standin="$3" description="$4" image
+  shift 4
+  image="$(compose_image "$service")"
+  if have_image "$image"; then
+    export "$variable=$image"
+    return
+  fi
+  ensure_local_base
+  build "$WORK_DIR/build-$service.log" -f "deploy/smoke/$service.Dockerfile" \
+    --build-arg "BASE_IMAGE=$LOCAL_BASE" "$@" -t "$standin" deploy/smoke || {
+    tail -n 30 "$WORK_DIR/build-$service.log" >&2
+    die "building the $service stand-in failed"
+  }
+  export "$variable=$standin"
+  skip "image $image (cannot be pulled): $description instead ($standin, deploy/smoke/$service.Dockerfile)"
+}
+
 
 # --- main --------------------------------------------------------------------------------------------------
 main() {
@@ -811,7 +832,7 @@ main() {
   compose_step --out /dev/null 120 down -v --remove-orphans --timeout 10 || remove_project_leftovers
 
   phase bases "the Dockerfile's base images, or a local Debian base"
-  local python_image cuda_image api_base worker_base redis_image prometheus_image grafana_image
+  local python_image cuda_image api_base worker_base grafana_image
   python_image="$(dockerfile_arg PYTHON_IMAGE)"
   cuda_image="$(dockerfile_arg CUDA_BASE_IMAGE)"
   [[ -n "$python_image" && -n "$cuda_image" ]] || die "Dockerfile: no PYTHON_IMAGE / CUDA_BASE_IMAGE defaults"
@@ -862,32 +883,8 @@ main() {
   done
   log "no CA secret, CA variable or apt CA setting in $API_IMAGE or $WORKER_IMAGE"
 
-  redis_image="$(compose_image redis)"
-  if have_image "$redis_image"; then
-    export FACESR_REDIS_IMAGE="$redis_image"
-  else
-    ensure_local_base
-    build "$WORK_DIR/build-redis.log" -f deploy/smoke/redis.Dockerfile --build-arg "BASE_IMAGE=$LOCAL_BASE" \
-      "${secret[@]}" -t "$REDIS_STANDIN" deploy/smoke || {
-      tail -n 30 "$WORK_DIR/build-redis.log" >&2
-      die "building the Redis stand-in failed"
-    }
-    export FACESR_REDIS_IMAGE="$REDIS_STANDIN"
-    skip "image $redis_image (cannot be pulled): Debian's redis-server instead ($REDIS_STANDIN, deploy/smoke/redis.Dockerfile)"
-  fi
-  prometheus_image="$(compose_image prometheus)"
-  if have_image "$prometheus_image"; then
-    export FACESR_PROMETHEUS_IMAGE="$prometheus_image"
-  else
-    ensure_local_base
-    build "$WORK_DIR/build-prometheus.log" -f deploy/smoke/prometheus.Dockerfile \
-      --build-arg "BASE_IMAGE=$LOCAL_BASE" "${secret[@]}" -t "$PROMETHEUS_STANDIN" deploy/smoke || {
-      tail -n 30 "$WORK_DIR/build-prometheus.log" >&2
-      die "building the Prometheus stand-in failed"
-    }
-    export FACESR_PROMETHEUS_IMAGE="$PROMETHEUS_STANDIN"
-    skip "image $prometheus_image (cannot be pulled): Debian's prometheus instead ($PROMETHEUS_STANDIN, deploy/smoke/prometheus.Dockerfile)"
-  fi
+  image_or_standin redis FACESR_REDIS_IMAGE "$REDIS_STANDIN" "Debian's redis-server" "${secret[@]}"
+  image_or_standin prometheus FACESR_PROMETHEUS_IMAGE "$PROMETHEUS_STANDIN" "Debian's prometheus" "${secret[@]}"
   grafana_image="$(compose_image grafana)"
   if have_image "$grafana_image"; then
     PROFILE_ARGS=(--profile grafana)

@@ -68,7 +68,10 @@ from tests.service.conftest import (
     RunningService,
     encode,
     face_array,
+    held_worker,
+    queue_depth,
     start_embedded,
+    wait_until,
 )
 
 PROBLEM_PREFIX = "urn:facesr:problem:"
@@ -113,18 +116,6 @@ class RecordingTransport(httpx.HTTPTransport):
 def helen_face(shared_dir: Path) -> Path:
     """A real 128 x 128 Helen face (JPEG)."""
     return sorted((shared_dir / "data" / "helen-50" / "HR").glob("*.jpg"))[0]
-
-
-def wait_until(condition, timeout_s: float = 20.0, message: str = "condition") -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {message}")
-        time.sleep(0.02)
-
-
-def queue_depth(service: RunningService) -> int:
-    return service.client.get("/readyz").json()["queue_depth"]
 
 
 def assert_face(face: SuperResolution) -> None:
@@ -464,13 +455,8 @@ def one_slot(tiny_engine: FaceSR) -> Iterator[RunningService]:
 @pytest.fixture
 def held(one_slot: RunningService) -> Iterator[RunningService]:
     """The one-slot service with its worker held; released and drained after the test."""
-    one_slot.wait_ready()
-    one_slot.engine.gate.clear()
-    try:
-        yield one_slot
-    finally:
-        one_slot.engine.gate.set()
-        wait_until(lambda: queue_depth(one_slot) == 0, message="the queue to drain")
+    with held_worker(one_slot) as service:
+        yield service
 
 
 @pytest.fixture

@@ -10,11 +10,10 @@ import socket
 import stat
 import subprocess
 import sys
-import threading
 import time
 import urllib.parse
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from types import ModuleType
 from typing import Any, ClassVar
@@ -23,6 +22,7 @@ import pytest
 
 from tests.deploy import sources
 from tests.deploy.dockerfile import Dockerfile
+from tests.deploy.http_stub import serving
 from tests.deploy.images import ca_problems
 from tests.deploy.settings_check import facesr_variables, settings_errors
 
@@ -421,15 +421,8 @@ class _FakePrometheus(BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def prometheus() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _FakePrometheus)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    with serving(_FakePrometheus) as url:
+        yield url
 
 
 def _target(job: str, instance: str, health: str = "up") -> dict[str, Any]:
@@ -517,15 +510,8 @@ class _FakeApi(BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def api() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _FakeApi)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    with serving(_FakeApi) as url:
+        yield url
 
 
 @pytest.fixture

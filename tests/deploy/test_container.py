@@ -7,9 +7,8 @@ import re
 import socket
 import subprocess
 import sys
-import threading
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from types import ModuleType
 from typing import Any
 
@@ -18,6 +17,7 @@ from packaging.requirements import Requirement
 
 from tests.deploy import sources
 from tests.deploy.dockerfile import Dockerfile
+from tests.deploy.http_stub import serving
 from tests.deploy.images import (
     API,
     BASE_IMAGE_ARGS,
@@ -424,15 +424,8 @@ class _StatusHandler(BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def status_server() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _StatusHandler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    with serving(_StatusHandler) as url:
+        yield url
 
 
 def test_probe_passes_on_200_only(healthcheck: ModuleType, status_server: str) -> None:

@@ -17,6 +17,7 @@ import threading
 import time
 import zlib
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -237,6 +238,31 @@ def wait_for_status(client: httpx.Client, path: str, status: int, timeout_s: flo
             assert response.status_code == status, f"{path} stayed at {response.status_code}: {response.text}"
             return response
         time.sleep(0.05)
+
+
+def wait_until(condition: Any, timeout_s: float = 20.0, message: str = "condition") -> None:
+    """Poll `condition` every 20 ms; fail the test after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {message}")
+        time.sleep(0.02)
+
+
+def queue_depth(service: RunningService) -> int:
+    return service.client.get("/readyz").json()["queue_depth"]
+
+
+@contextmanager
+def held_worker(service: RunningService) -> Iterator[RunningService]:
+    """The service with its worker held mid-batch; released, and the queue drained, on exit."""
+    service.wait_ready()
+    service.engine.gate.clear()
+    try:
+        yield service
+    finally:
+        service.engine.gate.set()
+        wait_until(lambda: queue_depth(service) == 0, message="the queue to drain")
 
 
 def start_embedded(engine: FaceSR, **overrides: Any) -> RunningService:

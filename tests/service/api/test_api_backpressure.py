@@ -19,10 +19,13 @@ from tests.service.conftest import (
     RunningService,
     encode,
     face_array,
+    held_worker,
+    queue_depth,
     scrape,
     start_embedded,
     start_redis,
     value,
+    wait_until,
 )
 
 MAX_QUEUE = 2
@@ -37,18 +40,6 @@ def post_face(
         headers=headers or {},
         timeout=timeout,
     )
-
-
-def wait_until(condition, timeout_s: float = 20.0, message: str = "condition") -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {message}")
-        time.sleep(0.02)
-
-
-def queue_depth(service: RunningService) -> int:
-    return service.client.get("/readyz").json()["queue_depth"]
 
 
 @pytest.fixture(scope="module", params=["embedded", pytest.param("redis", marks=pytest.mark.redis)])
@@ -71,13 +62,8 @@ def small_service(request: pytest.FixtureRequest, tiny_engine: FaceSR) -> Iterat
 @pytest.fixture
 def held(small_service: RunningService) -> Iterator[RunningService]:
     """The small service with its worker held; released (and drained) after the test."""
-    small_service.wait_ready()
-    small_service.engine.gate.clear()
-    try:
-        yield small_service
-    finally:
-        small_service.engine.gate.set()
-        wait_until(lambda: queue_depth(small_service) == 0, message="the queue to drain")
+    with held_worker(small_service) as service:
+        yield service
 
 
 @contextmanager
